@@ -1,0 +1,57 @@
+"""Settings, all from environment variables with the prefix STRIDE_ (table in README.md)."""
+
+from __future__ import annotations
+
+import os
+from functools import lru_cache
+from pathlib import Path
+from typing import Annotated, Literal
+
+from pydantic import Field, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+GraphOptimization = Literal["disable", "basic", "extended", "all"]
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="STRIDE_", extra="ignore")
+
+    host: str = Field(default="127.0.0.1", description="address to bind")
+    port: int = Field(default=8000, ge=1, le=65535, description="port to bind")
+    models_dir: Path = Field(default=Path("models"), description="directory whose *.onnx files are served")
+    providers: Annotated[list[str], NoDecode] = Field(
+        default=["CUDAExecutionProvider", "CPUExecutionProvider"],
+        description="ONNX Runtime execution providers in order of preference, comma-separated; "
+        "unavailable ones are skipped",
+    )
+    default_models: dict[str, str] = Field(
+        default_factory=dict,
+        description='default model per task, JSON, e.g. {"classification": "lenet5"}; '
+        "otherwise the first model of that task by name",
+    )
+    require_all_models: bool = Field(default=False, description="any model that fails to load fails readiness")
+    verify_golden: bool = Field(default=True, description="replay each model's golden samples at load")
+    max_body_bytes: int = Field(default=20 * 1024 * 1024, gt=0, description="request body limit")
+    max_image_pixels: int = Field(default=40_000_000, gt=0, description="decoded image limit (width x height)")
+    request_timeout_s: float = Field(default=30.0, gt=0, description="per-request deadline; 504 after it")
+    worker_threads: int = Field(
+        default_factory=lambda: max(2, os.cpu_count() or 2),
+        gt=0,
+        description="threads for decoding, preprocessing, inference and post-processing",
+    )
+    ort_intra_op_threads: int = Field(default=0, ge=0, description="ONNX Runtime intra-op threads; 0 = ORT's default")
+    ort_graph_optimization: GraphOptimization = Field(default="all", description="ONNX Runtime graph optimisation")
+    log_level: Literal["debug", "info", "warning", "error"] = Field(default="info", description="log level")
+    access_log: bool = Field(default=True, description="one log line per request")
+
+    @field_validator("providers", mode="before")
+    @classmethod
+    def _split_providers(cls, value: object) -> object:
+        if isinstance(value, str):
+            return [p.strip() for p in value.split(",") if p.strip()]
+        return value
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    return Settings()

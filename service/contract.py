@@ -1,0 +1,149 @@
+"""The model metadata contract: the only thing `training` and `service` share.
+
+Every exported ONNX file carries its metadata in `metadata_props`, one key per top-level field of
+`ModelMetadata`, each value a JSON document. The service reads this and nothing model-specific, so a
+model trained anywhere is served correctly as long as it states its contract. Described for humans in
+docs/model-contract.md; this module must stay free of torch, onnx and onnxruntime imports.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from enum import StrEnum
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+CONTRACT_VERSION = 1
+
+
+class Task(StrEnum):
+    CLASSIFICATION = "classification"
+    DETECTION = "detection"
+    INSTANCE_SEGMENTATION = "instance_segmentation"
+    SEMANTIC_SEGMENTATION = "semantic_segmentation"
+    KEYPOINTS = "keypoints"
+
+
+class ResizePolicy(StrEnum):
+    STRETCH = "stretch"  # resize both axes to the input size, aspect ratio not kept
+    LETTERBOX = "letterbox"  # keep aspect ratio, pad the rest with pad_value, image centred
+    CENTER_CROP = "center_crop"  # resize the short side, then crop the centre
+
+
+class Interpolation(StrEnum):
+    NEAREST = "nearest"
+    BILINEAR = "bilinear"
+    BICUBIC = "bicubic"
+
+
+class ContractError(ValueError):
+    """The metadata of a model file is missing or does not follow the contract."""
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class InputSpec(_Strict):
+    """How an upright decoded image becomes the model's input tensor (NCHW float32)."""
+
+    name: str = "images"
+    height: int = Field(gt=0)
+    width: int = Field(gt=0)
+    channels: Literal[1, 3]
+    resize: ResizePolicy
+    interpolation: Interpolation = Interpolation.BILINEAR
+    pad_value: int = Field(default=0, ge=0, le=255, description="letterbox fill, in 8-bit pixel units")
+    crop_fraction: float = Field(default=1.0, gt=0.0, le=1.0, description="center_crop: crop / resized size")
+    scale: float = Field(default=1.0 / 255.0, description="multiplies 8-bit pixels before mean/std")
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+    dynamic_batch: bool = True
+
+    @model_validator(mode="after")
+    def _per_channel_normalisation(self) -> InputSpec:
+        if len(self.mean) != self.channels or len(self.std) != self.channels:
+            raise ValueError(f"mean and std need {self.channels} values, one per channel")
+        if any(s <= 0 for s in self.std):
+            raise ValueError("std values must be positive")
+        return self
+
+    @property
+    def color_mode(self) -> Literal["L", "RGB"]:
+        """The Pillow mode a decoded image is converted to before preprocessing."""
+        return "L" if self.channels == 1 else "RGB"
+
+
+class OutputSpec(_Strict):
+    """One output tensor. `layout` names its axes; `kind` says what the values mean."""
+
+    name: str
+    layout: str = Field(description="axis names, e.g. 'batch,class'")
+    kind: Literal["logits", "probabilities"]
+
+
+class GoldenSample(_Strict):
+    """An input image as a user would send it, and the model's expected raw output for it."""
+
+    image_png_base64: str
+    expected: list[float] = Field(description="the first output tensor for this image, flattened")
+
+
+class Golden(_Strict):
+    """Train/serve parity check replayed by the service at load time."""
+
+    atol: float = Field(gt=0)
+    samples: list[GoldenSample] = Field(min_length=1)
+
+
+class ModelMetadata(_Strict):
+    contract_version: int = CONTRACT_VERSION
+    task: Task
+    labels: list[str] = Field(min_length=1)
+    input: InputSpec
+    outputs: list[OutputSpec] = Field(min_length=1)
+    model_version: str
+    architecture: str
+    training_data: str
+    metrics: dict[str, float] = Field(default_factory=dict, description="held-out metrics")
+    golden: Golden | None = None
+
+    @model_validator(mode="after")
+    def _supported_version(self) -> ModelMetadata:
+        if self.contract_version > CONTRACT_VERSION:
+            raise ValueError(
+                f"contract_version {self.contract_version} is newer than this service understands "
+                f"({CONTRACT_VERSION}); upgrade Stride"
+            )
+        return self
+
+
+def to_metadata_props(meta: ModelMetadata) -> dict[str, str]:
+    """One `metadata_props` entry per top-level field, each value JSON."""
+    dumped = meta.model_dump(mode="json", exclude_none=True)
+    return {key: json.dumps(value, separators=(",", ":")) for key, value in dumped.items()}
+
+
+def from_metadata_props(props: Mapping[str, str]) -> ModelMetadata:
+    """Parse the `metadata_props` of a model; raises ContractError naming what is wrong."""
+    known = set(ModelMetadata.model_fields)
+    fields: dict[str, object] = {}
+    for key, raw in props.items():
+        if key not in known:
+            continue  # other tools' keys (producer notes, licences) are allowed and ignored
+        try:
+            fields[key] = json.loads(raw)
+        except json.JSONDecodeError as exc:
+            raise ContractError(f"metadata key '{key}' is not valid JSON: {exc.msg}") from exc
+    if "task" not in fields:
+        raise ContractError(
+            "the model has no Stride metadata ('task' key missing); export it with "
+            "`python -m training export` or add the keys described in docs/model-contract.md"
+        )
+    try:
+        return ModelMetadata.model_validate(fields)
+    except ValidationError as exc:
+        problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
+        raise ContractError(f"metadata does not follow the contract: {problems}") from exc

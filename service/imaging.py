@@ -1,0 +1,117 @@
+"""Bytes -> upright Pillow image in the colour mode a model asks for, with every check a public
+endpoint needs: known formats only, pixel limit read from the header before any pixel is decoded (so
+decompression bombs never allocate), truncation and corruption reported as client errors.
+"""
+
+from __future__ import annotations
+
+import io
+import warnings
+from dataclasses import dataclass
+
+import numpy as np
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+from service import errors
+
+ALLOWED_FORMATS = ("JPEG", "PNG", "WEBP", "BMP", "GIF", "TIFF")
+
+# Formats people send that Pillow cannot open here: reported as "unsupported" (415), not "not an image".
+_FOREIGN_SIGNATURES: tuple[tuple[int, bytes, str], ...] = (
+    (4, b"ftypheic", "HEIC"),
+    (4, b"ftypheix", "HEIC"),
+    (4, b"ftypmif1", "HEIF"),
+    (4, b"ftypavif", "AVIF"),
+    (0, b"%PDF", "PDF"),
+    (0, b"<svg", "SVG"),
+    (0, b"\x00\x00\x00\x0cjXL ", "JPEG XL"),
+    (0, b"\xff\x0a", "JPEG XL"),
+)
+
+_SIXTEEN_BIT_MODES = {"I;16", "I;16B", "I;16L", "I;16N", "I"}
+
+
+@dataclass(frozen=True, slots=True)
+class DecodedImage:
+    image: Image.Image  # upright (EXIF orientation applied), in the requested colour mode
+    width: int
+    height: int
+    format: str
+
+
+def decode_image(data: bytes, *, mode: str, max_pixels: int) -> DecodedImage:
+    """Decode and normalise an image for a model whose input is `mode` ("L" or "RGB")."""
+    if not data:
+        raise errors.empty_body()
+    image = _open(data)
+    if image.format not in ALLOWED_FORMATS:
+        raise errors.unsupported_image_format(str(image.format), list(ALLOWED_FORMATS))
+    width, height = image.size
+    if width * height > max_pixels:
+        raise errors.image_too_large(width, height, max_pixels)
+    try:
+        image.load()
+    except (OSError, SyntaxError, ValueError, EOFError) as exc:
+        raise errors.corrupt_image(str(exc) or type(exc).__name__) from exc
+    fmt = str(image.format)
+    upright = _apply_exif_orientation(image)
+    converted = convert_mode(upright, mode)
+    return DecodedImage(converted, converted.width, converted.height, fmt)
+
+
+def convert_mode(image: Image.Image, mode: str) -> Image.Image:
+    """Any Pillow mode -> "L" or "RGB". 16-bit is rescaled (Pillow would clip), alpha is composited
+    over black (the background the bundled models were trained on)."""
+    if image.mode == mode:
+        return image
+    if image.mode in _SIXTEEN_BIT_MODES or image.mode == "F":
+        return _high_depth_to_8bit(image).convert(mode)
+    if image.mode in ("RGBA", "LA", "PA", "RGBa", "La") or (image.mode == "P" and "transparency" in image.info):
+        rgba = image.convert("RGBA")
+        background = Image.new("RGBA", rgba.size, (0, 0, 0, 255))
+        return Image.alpha_composite(background, rgba).convert(mode)
+    return image.convert(mode)
+
+
+def _open(data: bytes) -> Image.Image:
+    try:
+        with warnings.catch_warnings():
+            # Our own pixel limit is the policy; Pillow's bomb warning would only add noise.
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            return Image.open(io.BytesIO(data))
+    except Image.DecompressionBombError as exc:
+        raise errors.StrideError(413, "image_too_large", f"the image is too large to decode: {exc}") from exc
+    except UnidentifiedImageError as exc:
+        foreign = _foreign_format(data)
+        if foreign:
+            raise errors.unsupported_image_format(foreign, list(ALLOWED_FORMATS)) from exc
+        raise errors.not_an_image("no supported image format recognised in the data") from exc
+    except (OSError, SyntaxError, ValueError, EOFError) as exc:
+        raise errors.corrupt_image(str(exc) or type(exc).__name__) from exc
+
+
+def _foreign_format(data: bytes) -> str | None:
+    head = data[:64].lstrip() if data[:1].isspace() else data[:64]
+    for offset, signature, name in _FOREIGN_SIGNATURES:
+        if head[offset : offset + len(signature)] == signature:
+            return name
+    if head.startswith(b"<?xml") and b"<svg" in data[:1024]:
+        return "SVG"
+    return None
+
+
+def _apply_exif_orientation(image: Image.Image) -> Image.Image:
+    try:
+        return ImageOps.exif_transpose(image) or image
+    except (OSError, SyntaxError, ValueError, TypeError, KeyError, ZeroDivisionError):
+        # A malformed EXIF block should not cost the user the prediction: keep the stored orientation.
+        return image
+
+
+def _high_depth_to_8bit(image: Image.Image) -> Image.Image:
+    pixels = np.asarray(image)
+    if image.mode == "F":
+        eight_bit = np.clip(np.rint(pixels), 0, 255)
+    else:
+        eight_bit = np.rint(np.clip(pixels.astype(np.float64), 0, 65535) / 257.0)
+    return Image.fromarray(eight_bit.astype(np.uint8), mode="L")

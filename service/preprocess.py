@@ -1,0 +1,85 @@
+"""Decoded image -> model input tensor, exactly as the model's InputSpec says.
+
+Training renders its data through these same functions, so what a model saw while learning is what it
+sees in production; the golden samples in each model file check that this stays true.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+from PIL import Image
+
+from service.contract import InputSpec, Interpolation, ResizePolicy
+
+_RESAMPLE = {
+    Interpolation.NEAREST: Image.Resampling.NEAREST,
+    Interpolation.BILINEAR: Image.Resampling.BILINEAR,
+    Interpolation.BICUBIC: Image.Resampling.BICUBIC,
+}
+
+
+@dataclass(frozen=True, slots=True)
+class Geometry:
+    """Maps original (upright) pixel coordinates to model-input coordinates: x_in = x * scale_x + offset_x."""
+
+    original_width: int
+    original_height: int
+    input_width: int
+    input_height: int
+    scale_x: float
+    scale_y: float
+    offset_x: float
+    offset_y: float
+
+    def to_original(self, x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Undo the resize/pad/crop, e.g. for boxes predicted in input coordinates."""
+        return (x - self.offset_x) / self.scale_x, (y - self.offset_y) / self.scale_y
+
+
+def resize_to_input(image: Image.Image, spec: InputSpec) -> tuple[Image.Image, Geometry]:
+    """Resize (and pad or crop) an image already in `spec.color_mode` to the model's input size."""
+    if image.mode != spec.color_mode:
+        raise ValueError(f"image mode {image.mode} does not match the model's {spec.color_mode}")
+    w, h = image.size
+    out_w, out_h = spec.width, spec.height
+    resample = _RESAMPLE[spec.interpolation]
+
+    if spec.resize is ResizePolicy.STRETCH:
+        resized = image if (w, h) == (out_w, out_h) else image.resize((out_w, out_h), resample)
+        return resized, Geometry(w, h, out_w, out_h, out_w / w, out_h / h, 0.0, 0.0)
+
+    if spec.resize is ResizePolicy.LETTERBOX:
+        ratio = min(out_w / w, out_h / h)
+        new_w, new_h = max(1, round(w * ratio)), max(1, round(h * ratio))
+        left, top = (out_w - new_w) // 2, (out_h - new_h) // 2
+        canvas = Image.new(spec.color_mode, (out_w, out_h), _fill(spec))
+        canvas.paste(image.resize((new_w, new_h), resample), (left, top))
+        return canvas, Geometry(w, h, out_w, out_h, new_w / w, new_h / h, float(left), float(top))
+
+    # CENTER_CROP: cover the input (divided by crop_fraction), then take the centre.
+    ratio = max(out_w / w, out_h / h) / spec.crop_fraction
+    new_w, new_h = max(out_w, round(w * ratio)), max(out_h, round(h * ratio))
+    left, top = (new_w - out_w) // 2, (new_h - out_h) // 2
+    cropped = image.resize((new_w, new_h), resample).crop((left, top, left + out_w, top + out_h))
+    return cropped, Geometry(w, h, out_w, out_h, new_w / w, new_h / h, float(-left), float(-top))
+
+
+def to_tensor(image: Image.Image, spec: InputSpec) -> np.ndarray:
+    """A resized image -> float32 array [C, H, W], scaled and normalised."""
+    pixels = np.asarray(image, dtype=np.float32)
+    chw = pixels[np.newaxis] if pixels.ndim == 2 else pixels.transpose(2, 0, 1)
+    mean = np.asarray(spec.mean, dtype=np.float32).reshape(-1, 1, 1)
+    std = np.asarray(spec.std, dtype=np.float32).reshape(-1, 1, 1)
+    return np.ascontiguousarray((chw * np.float32(spec.scale) - mean) / std, dtype=np.float32)
+
+
+def prepare(image: Image.Image, spec: InputSpec) -> tuple[np.ndarray, Geometry]:
+    """Upright image in the model's colour mode -> ([C, H, W] tensor, geometry to undo the resize)."""
+    resized, geometry = resize_to_input(image, spec)
+    return to_tensor(resized, spec), geometry
+
+
+def _fill(spec: InputSpec) -> int | tuple[int, int, int]:
+    return spec.pad_value if spec.channels == 1 else (spec.pad_value,) * 3
