@@ -67,6 +67,10 @@ def model_not_found(name: str, available: list[str]) -> StrideError:
     return StrideError(404, "model_not_found", f"no model named '{name}'; available models: {listing}")
 
 
+def no_model_for_task(task: str) -> StrideError:
+    return StrideError(404, "model_not_found", f"no {task} model is loaded; put one in the models directory")
+
+
 def invalid_parameter(name: str, message: str) -> StrideError:
     return StrideError(422, "invalid_parameter", f"parameter '{name}': {message}")
 

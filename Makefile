@@ -1,0 +1,52 @@
+# Stride: `make serve` serves the bundled models, `make test` runs the whole suite.
+# Both set themselves up from nothing (a venv in .venv, then pip installs).
+
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+# `make serve HOST=0.0.0.0 PORT=9000`; otherwise STRIDE_HOST / STRIDE_PORT or the defaults apply.
+HOST ?=
+PORT ?=
+
+.DEFAULT_GOAL := help
+.PHONY: help serve test lint format models install install-dev clean
+
+help:
+	@echo "make serve   serve every model in models/ (HOST=, PORT= to override)"
+	@echo "make test    install everything the tests need and run the whole suite"
+	@echo "make models  retrain and re-export the bundled models from scratch"
+	@echo "make lint    ruff"
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+
+$(VENV)/.stamp-serve: pyproject.toml | $(BIN)/python
+	$(BIN)/python -m pip install --quiet -e '.[cpu]'
+	@touch $@
+
+$(VENV)/.stamp-dev: pyproject.toml | $(BIN)/python
+	$(BIN)/python -m pip install --quiet -e '.[cpu,train,dev]'
+	@touch $@
+
+install: $(VENV)/.stamp-serve
+install-dev: $(VENV)/.stamp-dev
+
+serve: $(VENV)/.stamp-serve
+	$(if $(HOST),STRIDE_HOST=$(HOST)) $(if $(PORT),STRIDE_PORT=$(PORT)) exec $(BIN)/python -m service
+
+test: $(VENV)/.stamp-dev
+	$(BIN)/ruff check .
+	$(BIN)/python -m pytest
+
+lint: $(VENV)/.stamp-dev
+	$(BIN)/ruff check .
+
+format: $(VENV)/.stamp-dev
+	$(BIN)/ruff check --fix .
+	$(BIN)/ruff format .
+
+models: $(VENV)/.stamp-dev
+	$(BIN)/python -m training bundle --models-dir models
+
+clean:
+	rm -rf $(VENV) .pytest_cache .ruff_cache *.egg-info

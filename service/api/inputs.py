@@ -1,0 +1,51 @@
+"""Where the image is in a request: multipart field `file`, a raw image/* body, or JSON {"image": base64}.
+
+Only reading the body happens here, on the event loop; decoding waits for the worker thread.
+"""
+
+from __future__ import annotations
+
+from fastapi import Request
+from starlette.datastructures import UploadFile
+
+from service import errors
+from service.payload import ImageSource
+
+RAW_TYPES = ("application/octet-stream",)
+
+
+async def read_image_source(request: Request) -> ImageSource:
+    content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    if content_type == "multipart/form-data":
+        return await _from_multipart(request)
+    body = await request.body()
+    if not content_type:
+        if not body:
+            raise errors.empty_body()
+        raise errors.unsupported_media_type("(none)")
+    if content_type.startswith("image/") or content_type in RAW_TYPES:
+        if not body:
+            raise errors.empty_body()
+        return ImageSource(body, "binary")
+    if content_type == "application/json" or content_type.endswith("+json"):
+        if not body:
+            raise errors.empty_body()
+        return ImageSource(body, "json")
+    raise errors.unsupported_media_type(content_type)
+
+
+async def _from_multipart(request: Request) -> ImageSource:
+    try:
+        form = await request.form(max_files=1, max_fields=16)
+    except errors.StrideError:
+        raise
+    except Exception as exc:  # the multipart parser raises several types for malformed bodies
+        raise errors.bad_request("invalid_multipart", f"the multipart body could not be parsed: {exc}") from exc
+    field = form.get("file")
+    if field is None:
+        raise errors.bad_request("missing_file", "multipart body has no 'file' field holding the image")
+    data = await field.read() if isinstance(field, UploadFile) else field.encode()
+    await form.close()
+    if not data:
+        raise errors.empty_body()
+    return ImageSource(data, "binary")
