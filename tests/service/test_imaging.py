@@ -70,7 +70,7 @@ def test_exif_orientation_is_applied_and_reported_size_is_upright() -> None:
     exif[0x0112] = 6  # rotate 90 degrees clockwise to display
     decoded = decode(png_bytes(image, "JPEG", exif=exif.tobytes(), quality=95))
     assert (decoded.width, decoded.height) == (10, 40)
-    red, green, blue = decoded.image.getpixel((5, 2))  # the left strip is now along the top
+    red, _, blue = decoded.image.getpixel((5, 2))  # the left strip is now along the top
     assert blue > 200 and red < 60
 
 
