@@ -21,7 +21,7 @@ from service.registry import ModelRegistry, ModelStatus
 def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or get_settings()
     metrics = Metrics()
-    registry = ModelRegistry(settings)
+    registry = ModelRegistry(settings, stats_for=metrics.batch_stats)
     registry.discover()
 
     @asynccontextmanager
@@ -34,6 +34,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             yield
         finally:
             app.state.draining = True
+            registry.close()
             app.state.executor.shutdown(wait=False, cancel_futures=True)
 
     app = FastAPI(
@@ -61,3 +62,5 @@ def _load_models(registry: ModelRegistry, metrics: Metrics) -> None:
         ready = 1.0 if entry.status is ModelStatus.READY else 0.0
         task = entry.task.value if entry.task else ""
         metrics.model_ready.labels(entry.name, task, entry.provider or "").set(ready)
+        if entry.batcher is not None:
+            metrics.inflight.labels(entry.name).set_function(lambda b=entry.batcher: b.in_flight)

@@ -39,7 +39,25 @@ class Settings(BaseSettings):
         gt=0,
         description="threads for decoding, preprocessing, inference and post-processing",
     )
+    max_batch_size: int = Field(default=32, ge=1, description="largest ONNX Runtime batch per model")
+    max_batch_wait_ms: float = Field(
+        default=2.0, ge=0, description="how long a batch waits for requests still being decoded; never when alone"
+    )
+    max_queue: int = Field(default=256, ge=1, description="requests in flight per model before 503 overloaded")
+    batching: dict[str, dict[str, float]] = Field(
+        default_factory=dict,
+        description='per-model overrides, JSON, e.g. {"lenet5": {"max_batch_size": 64, "max_wait_ms": 1}}',
+    )
+    max_images_per_request: int = Field(default=16, ge=1, description="repeated multipart `file` fields allowed")
+    jpeg_draft: bool = Field(default=True, description="decode large JPEGs at reduced scale (DCT) for small inputs")
     ort_intra_op_threads: int = Field(default=0, ge=0, description="ONNX Runtime intra-op threads; 0 = ORT's default")
+    ort_inter_op_threads: int = Field(default=0, ge=0, description="ONNX Runtime inter-op threads (parallel mode)")
+    ort_execution_mode: Literal["sequential", "parallel"] = Field(
+        default="sequential", description="ONNX Runtime execution mode; parallel helps multi-branch graphs"
+    )
+    ort_allow_spinning: bool = Field(
+        default=False, description="let ONNX Runtime threads busy-wait; off leaves the cores to decoding"
+    )
     ort_graph_optimization: GraphOptimization = Field(default="all", description="ONNX Runtime graph optimisation")
     log_level: Literal["debug", "info", "warning", "error"] = Field(default="info", description="log level")
     access_log: bool = Field(default=True, description="one log line per request")
@@ -50,6 +68,17 @@ class Settings(BaseSettings):
         if isinstance(value, str):
             return [p.strip() for p in value.split(",") if p.strip()]
         return value
+
+
+    def batch_policy_for(self, model: str) -> dict[str, float]:
+        """The batching parameters of one model: the global ones, overridden per model."""
+        policy: dict[str, float] = {"max_batch_size": self.max_batch_size, "max_wait_ms": self.max_batch_wait_ms,
+                                    "max_queue": self.max_queue}
+        unknown = set(self.batching.get(model, {})) - set(policy)
+        if unknown:
+            raise ValueError(f"STRIDE_BATCHING[{model!r}] has unknown keys {sorted(unknown)}")
+        policy.update(self.batching.get(model, {}))
+        return policy
 
 
 @lru_cache(maxsize=1)

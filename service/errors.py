@@ -84,6 +84,15 @@ def not_ready(reason: str) -> StrideError:
     return StrideError(503, "not_ready", f"the service is not ready: {reason}", headers={"Retry-After": "1"})
 
 
+def overloaded(model: str, limit: int) -> StrideError:
+    return StrideError(503, "overloaded", f"model '{model}' already has {limit} requests in flight; retry shortly",
+                       headers={"Retry-After": "1"})
+
+
+def timed_out_in_queue() -> StrideError:
+    return StrideError(504, "timeout", "the request's deadline passed while it waited for inference")
+
+
 def timed_out(seconds: float) -> StrideError:
     return StrideError(504, "timeout", f"the request did not finish within {seconds:g} s")
 

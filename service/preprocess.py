@@ -6,7 +6,7 @@ sees in production; the golden samples in each model file check that this stays 
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 from PIL import Image
@@ -75,10 +75,23 @@ def to_tensor(image: Image.Image, spec: InputSpec) -> np.ndarray:
     return np.ascontiguousarray((chw * np.float32(spec.scale) - mean) / std, dtype=np.float32)
 
 
-def prepare(image: Image.Image, spec: InputSpec) -> tuple[np.ndarray, Geometry]:
-    """Upright image in the model's colour mode -> ([C, H, W] tensor, geometry to undo the resize)."""
+def prepare(image: Image.Image, spec: InputSpec,
+            original_size: tuple[int, int] | None = None) -> tuple[np.ndarray, Geometry]:
+    """Upright image in the model's colour mode -> ([C, H, W] tensor, geometry to undo the resize).
+
+    `original_size` is the size the client sent when the decoder already shrank the image (JPEG DCT
+    scaling); the geometry then maps the client's coordinates, not the shrunken image's.
+    """
     resized, geometry = resize_to_input(image, spec)
+    if original_size and original_size != image.size:
+        geometry = _relative_to(geometry, image.size, original_size)
     return to_tensor(resized, spec), geometry
+
+
+def _relative_to(geometry: Geometry, decoded: tuple[int, int], original: tuple[int, int]) -> Geometry:
+    shrink_x, shrink_y = decoded[0] / original[0], decoded[1] / original[1]
+    return replace(geometry, original_width=original[0], original_height=original[1],
+                   scale_x=geometry.scale_x * shrink_x, scale_y=geometry.scale_y * shrink_y)
 
 
 def _fill(spec: InputSpec) -> int | tuple[int, int, int]:

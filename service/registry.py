@@ -9,11 +9,13 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from enum import StrEnum
 from pathlib import Path
 
 from service import errors
+from service.batching import BatchPolicy, BatchStats, DynamicBatcher
 from service.config import Settings
 from service.contract import ContractError, ModelMetadata, Task, from_metadata_props
 from service.golden import GoldenDrift, verify_golden
@@ -36,6 +38,7 @@ class ModelEntry:
     reason: str | None = None
     metadata: ModelMetadata | None = None
     session: ModelSession | None = None
+    batcher: DynamicBatcher | None = None
     load_seconds: float | None = None
 
     @property
@@ -50,6 +53,7 @@ class ModelEntry:
 @dataclass
 class ModelRegistry:
     settings: Settings
+    stats_for: Callable[[str], BatchStats] = field(default=lambda name: BatchStats())
     entries: dict[str, ModelEntry] = field(default_factory=dict)
     loading: bool = True
     _lock: threading.Lock = field(default_factory=threading.Lock)
@@ -81,6 +85,7 @@ class ModelRegistry:
             check_input_shape(session, metadata)
             if self.settings.verify_golden:
                 verify_golden(session, metadata)
+            policy = BatchPolicy(**self.settings.batch_policy_for(entry.name))  # type: ignore[arg-type]
         except (ContractError, GoldenDrift, ValueError) as exc:
             self._fail(entry, str(exc))
             return
@@ -88,6 +93,8 @@ class ModelRegistry:
             self._fail(entry, f"ONNX Runtime could not load the file: {exc}")
             return
         entry.session, entry.metadata = session, metadata
+        entry.batcher = DynamicBatcher(entry.name, session.run, policy, fixed_batch=session.fixed_batch,
+                                       stats=self.stats_for(entry.name))
         entry.status = ModelStatus.READY
         entry.load_seconds = time.perf_counter() - started
         log.info("model ready: %s (%s on %s, %.2fs)", entry.name, metadata.task, session.provider,
@@ -97,6 +104,11 @@ class ModelRegistry:
     def _fail(entry: ModelEntry, reason: str) -> None:
         entry.status, entry.reason = ModelStatus.FAILED, reason
         log.error("model %s failed to load: %s", entry.name, reason)
+
+    def close(self) -> None:
+        for entry in self.entries.values():
+            if entry.batcher:
+                entry.batcher.close()
 
     # --- lookups used by the routes -------------------------------------------------------------
 

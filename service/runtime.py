@@ -34,6 +34,12 @@ class ModelSession:
     def run(self, batch: np.ndarray) -> list[np.ndarray]:
         return self.session.run(list(self.output_names), {self.input_name: batch})
 
+    @property
+    def fixed_batch(self) -> int | None:
+        """The batch size the graph was exported with, when it is not dynamic."""
+        first = self.session.get_inputs()[0].shape[0]
+        return first if isinstance(first, int) and first > 0 else None
+
 
 def usable_providers(preferred: list[str]) -> list[str]:
     """The preferred providers this onnxruntime build offers, in order; CPU is always the last resort."""
@@ -49,6 +55,12 @@ def open_session(path: Path, settings: Settings) -> ModelSession:
     options.graph_optimization_level = _GRAPH_LEVELS[settings.ort_graph_optimization]
     if settings.ort_intra_op_threads:
         options.intra_op_num_threads = settings.ort_intra_op_threads
+    if settings.ort_inter_op_threads:
+        options.inter_op_num_threads = settings.ort_inter_op_threads
+    options.execution_mode = (ort.ExecutionMode.ORT_PARALLEL if settings.ort_execution_mode == "parallel"
+                              else ort.ExecutionMode.ORT_SEQUENTIAL)
+    options.add_session_config_entry("session.intra_op.allow_spinning", "1" if settings.ort_allow_spinning else "0")
+    options.add_session_config_entry("session.inter_op.allow_spinning", "1" if settings.ort_allow_spinning else "0")
     # ORT logs warnings (e.g. unused initialisers) at severity 2; keep our logs readable.
     options.log_severity_level = 3
     session = ort.InferenceSession(str(path), sess_options=options,

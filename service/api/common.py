@@ -1,18 +1,24 @@
-"""Shared route plumbing: running CPU work off the event loop, and the documented error responses."""
+"""Shared route plumbing: the per-image pipeline across threads and batcher, and the documented errors."""
 
 from __future__ import annotations
 
 import asyncio
 import functools
-from collections.abc import Callable
+import time
+from collections.abc import Callable, Coroutine
 from typing import Any, TypeVar
 
-from fastapi import Request
+import numpy as np
+from fastapi import Request, Response
+from pydantic import BaseModel, TypeAdapter
 
 from service import errors
 from service.errors import ErrorResponse
+from service.payload import ImageSource
+from service.pipeline import Prepared, StageTimes, decode_and_prepare, postprocess
+from service.registry import ModelEntry
 
-T = TypeVar("T")
+R = TypeVar("R")
 
 ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
     400: {"model": ErrorResponse, "description": "empty body, not an image, corrupt or truncated image"},
@@ -30,7 +36,9 @@ IMAGE_REQUEST_BODY: dict[str, Any] = {
         "content": {
             "multipart/form-data": {
                 "schema": {"type": "object", "required": ["file"],
-                           "properties": {"file": {"type": "string", "format": "binary"}}},
+                           "properties": {"file": {
+                               "type": "array", "items": {"type": "string", "format": "binary"},
+                               "description": "one image, or several (repeat the field) for a list answer"}}},
             },
             "image/*": {"schema": {"type": "string", "format": "binary"}},
             "application/json": {
@@ -43,13 +51,79 @@ IMAGE_REQUEST_BODY: dict[str, Any] = {
 }
 
 
-async def run_in_worker(request: Request, fn: Callable[..., T], /, *args: Any, **kwargs: Any) -> T:
-    """Run CPU work on the app's thread pool, bounded by the request timeout (504 after it)."""
+async def run_images(
+    request: Request,
+    entry: ModelEntry,
+    sources: list[ImageSource],
+    decode_output: Callable[[Prepared, list[np.ndarray]], R],
+) -> tuple[list[tuple[Prepared, R]], StageTimes]:
+    """Every image through decode -> preprocess -> batched inference -> task decoding, in order.
+
+    The whole request shares one deadline (504 after it); each image holds a place in the model's
+    admission budget from before decoding until its answer is ready (503 when the budget is full).
+    """
     state = request.app.state
+    assert entry.batcher is not None and entry.metadata is not None
+    batcher, metadata, settings = entry.batcher, entry.metadata, state.settings
     loop = asyncio.get_running_loop()
-    future = loop.run_in_executor(state.executor, functools.partial(fn, *args, **kwargs))
-    timeout = state.settings.request_timeout_s
+    timeout = settings.request_timeout_s
+    deadline = time.perf_counter() + timeout
+
+    async def one(source: ImageSource) -> tuple[Prepared, R, StageTimes]:
+        times = StageTimes()
+        with batcher.admit() as admission:
+            prepared = await loop.run_in_executor(state.executor, functools.partial(
+                decode_and_prepare, source, metadata, max_pixels=settings.max_image_pixels,
+                jpeg_draft=settings.jpeg_draft, times=times))
+            state.metrics.images_decoded.labels(prepared.image.format).inc()
+            outputs, queued, ran = await batcher.infer(admission, prepared.tensor, deadline)
+            times.add("queue", queued)
+            times.add("inference", ran)
+            result = await loop.run_in_executor(state.executor, functools.partial(
+                postprocess, functools.partial(decode_output, prepared, outputs), times))
+        return prepared, result, times
+
     try:
-        return await asyncio.wait_for(future, timeout)
+        async with asyncio.timeout(timeout):
+            if len(sources) == 1:
+                done = [await one(sources[0])]
+            else:
+                done = await _all_in_order([one(source) for source in sources])
     except TimeoutError as exc:
         raise errors.timed_out(timeout) from exc
+
+    total = StageTimes()
+    stage_latency = state.metrics.stage_latency
+    for _, _, times in done:
+        for stage, seconds in times.seconds.items():
+            stage_latency.labels(entry.name, stage).observe(seconds)
+        total.merge(times)
+    return [(prepared, result) for prepared, result, _ in done], total
+
+
+async def _all_in_order(coroutines: list[Coroutine[Any, Any, R]]) -> list[R]:
+    """Run concurrently; the first failure cancels the rest and is raised as itself (not as a group)."""
+    try:
+        async with asyncio.TaskGroup() as group:
+            tasks = [group.create_task(c) for c in coroutines]
+    except ExceptionGroup as failure:
+        raise _first_leaf(failure) from None
+    return [task.result() for task in tasks]
+
+
+def _first_leaf(group: BaseExceptionGroup[Any]) -> BaseException:
+    first = group.exceptions[0]
+    return _first_leaf(first) if isinstance(first, BaseExceptionGroup) else first
+
+
+def json_response(request: Request, model_name: str, body: BaseModel | list[Any], times: StageTimes) -> Response:
+    """Serialise with pydantic's own encoder (timed as a stage) and attach `Server-Timing`."""
+    started = time.perf_counter()
+    content = body.model_dump_json().encode() if isinstance(body, BaseModel) else _LIST_ADAPTER.dump_json(body)
+    elapsed = time.perf_counter() - started
+    times.add("serialize", elapsed)
+    request.app.state.metrics.stage_latency.labels(model_name, "serialize").observe(elapsed)
+    return Response(content, media_type="application/json", headers={"Server-Timing": times.server_timing()})
+
+
+_LIST_ADAPTER: TypeAdapter[list[Any]] = TypeAdapter(list[Any])

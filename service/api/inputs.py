@@ -14,10 +14,15 @@ from service.payload import ImageSource
 RAW_TYPES = ("application/octet-stream",)
 
 
-async def read_image_source(request: Request) -> ImageSource:
+async def read_image_sources(request: Request, max_images: int) -> list[ImageSource]:
+    """The request's images, in order: several only from repeated multipart `file` fields."""
     content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
     if content_type == "multipart/form-data":
-        return await _from_multipart(request)
+        return await _from_multipart(request, max_images)
+    return [await _from_body(request, content_type)]
+
+
+async def _from_body(request: Request, content_type: str) -> ImageSource:
     body = await request.body()
     if not content_type:
         if not body:
@@ -34,18 +39,23 @@ async def read_image_source(request: Request) -> ImageSource:
     raise errors.unsupported_media_type(content_type)
 
 
-async def _from_multipart(request: Request) -> ImageSource:
+async def _from_multipart(request: Request, max_images: int) -> list[ImageSource]:
     try:
-        form = await request.form(max_files=1, max_fields=16)
+        form = await request.form(max_files=max_images, max_fields=max_images + 16)
     except errors.StrideError:
         raise
-    except Exception as exc:  # the multipart parser raises several types for malformed bodies
+    except Exception as exc:  # the multipart parser raises several types for malformed bodies or too many parts
         raise errors.bad_request("invalid_multipart", f"the multipart body could not be parsed: {exc}") from exc
-    field = form.get("file")
-    if field is None:
-        raise errors.bad_request("missing_file", "multipart body has no 'file' field holding the image")
-    data = await field.read() if isinstance(field, UploadFile) else field.encode()
-    await form.close()
-    if not data:
-        raise errors.empty_body()
-    return ImageSource(data, "binary")
+    try:
+        fields = form.getlist("file")
+        if not fields:
+            raise errors.bad_request("missing_file", "multipart body has no 'file' field holding the image")
+        sources = []
+        for field in fields:
+            data = await field.read() if isinstance(field, UploadFile) else field.encode()
+            if not data:
+                raise errors.empty_body()
+            sources.append(ImageSource(data, "binary"))
+        return sources
+    finally:
+        await form.close()

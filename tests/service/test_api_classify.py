@@ -140,15 +140,15 @@ def test_image_over_the_pixel_limit_is_413(make_client, tiny_model_dir) -> None:
 
 
 def test_slow_request_is_504(make_client, tiny_model_dir, monkeypatch) -> None:
-    import service.api.routes_classify as route
+    import service.api.common as common
 
-    original = route.classify_image
+    original = common.decode_and_prepare
 
     def slow(*args, **kwargs):
         time.sleep(0.5)
         return original(*args, **kwargs)
 
-    monkeypatch.setattr(route, "classify_image", slow)
+    monkeypatch.setattr(common, "decode_and_prepare", slow)
     impatient = make_client(tiny_model_dir, request_timeout_s=0.05)
     response = impatient.post("/v1/classify", content=BRIGHT, headers={"content-type": "image/png"})
     assert error(response) == (504, "timeout")

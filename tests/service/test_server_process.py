@@ -56,7 +56,7 @@ def server(tiny_model_dir: Path):
 
 
 def test_real_server_classifies_a_posted_png(server) -> None:
-    base, process = server
+    base, _ = server
     request = urllib.request.Request(base + "/v1/classify?top_k=1", data=png_bytes(Image.new("L", (16, 16), 255)),
                                      headers={"Content-Type": "image/png", "X-Request-ID": "proc-1"})
     with urllib.request.urlopen(request, timeout=10) as response:

@@ -1,0 +1,206 @@
+"""Per-model dynamic batching: concurrent requests to one model share one ONNX Runtime run.
+
+One inference thread per model takes the oldest waiting tensor, adds whatever else is already queued
+(up to `max_batch_size`), and waits up to `max_wait_ms` for more only while other requests for the model
+are still being decoded, so a lone request never waits. Admission is bounded: when `max_queue` requests
+are in flight for a model, the next one is refused at once (503) instead of piling up.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import queue
+import threading
+import time
+from collections.abc import Callable
+from concurrent.futures import Future
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from service import errors
+
+log = logging.getLogger(__name__)
+
+RunFn = Callable[[np.ndarray], list[np.ndarray]]
+
+
+@dataclass(frozen=True, slots=True)
+class BatchPolicy:
+    max_batch_size: int = 32
+    max_wait_ms: float = 2.0
+    max_queue: int = 256
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "max_batch_size", int(self.max_batch_size))
+        object.__setattr__(self, "max_queue", int(self.max_queue))
+        if self.max_batch_size < 1:
+            raise ValueError("max_batch_size must be at least 1")
+        if self.max_queue < self.max_batch_size:
+            # A concurrency cap below the batch size means batches can never fill: refuse the trap.
+            raise ValueError(f"max_queue ({self.max_queue}) must be >= max_batch_size ({self.max_batch_size})")
+
+
+@dataclass(slots=True, eq=False)
+class _Item:
+    tensor: np.ndarray
+    future: Future[tuple[list[np.ndarray], float, float]]  # outputs, queue seconds, inference seconds
+    enqueued: float
+    deadline: float
+
+
+@dataclass
+class BatchStats:
+    """Observer hooks, so the batcher stays free of any metrics library."""
+
+    on_batch: Callable[[int, float], None] = lambda size, seconds: None
+    on_depth: Callable[[int], None] = lambda depth: None
+
+
+class DynamicBatcher:
+    def __init__(self, name: str, run: RunFn, policy: BatchPolicy, *, fixed_batch: int | None = None,
+                 stats: BatchStats | None = None) -> None:
+        self.name = name
+        self.policy = policy
+        self._run = run
+        # A graph exported with a fixed batch N runs exactly N at a time (padded); N=1 means one by one.
+        self._fixed_batch = fixed_batch
+        self._max_batch = fixed_batch if fixed_batch else policy.max_batch_size
+        self._stats = stats or BatchStats()
+        self._queue: queue.SimpleQueue[_Item | None] = queue.SimpleQueue()
+        self._admitted = 0  # requests admitted and not yet finished (decoding, queued or running)
+        self._preparing = 0  # admitted requests still being decoded: the ones worth waiting for
+        self._queued = 0
+        self._lock = threading.Lock()
+        self._thread = threading.Thread(target=self._loop, name=f"stride-batcher-{name}", daemon=True)
+        self._thread.start()
+
+    # --- admission ------------------------------------------------------------------------------
+
+    def admit(self) -> Admission:
+        """Reserve a place for a request before any work is done for it; 503 when the model is full."""
+        with self._lock:
+            if self._admitted >= self.policy.max_queue:
+                raise errors.overloaded(self.name, self.policy.max_queue)
+            self._admitted += 1
+            self._preparing += 1
+            return Admission(self)
+
+    def _release(self, still_preparing: bool) -> None:
+        with self._lock:
+            self._admitted -= 1
+            if still_preparing:
+                self._preparing -= 1
+
+    @property
+    def in_flight(self) -> int:
+        return self._admitted
+
+    # --- submission -----------------------------------------------------------------------------
+
+    async def infer(self, admission: Admission, tensor: np.ndarray,
+                    deadline: float) -> tuple[list[np.ndarray], float, float]:
+        """Run one [C, H, W] tensor in the next batch; returns (outputs without batch axis, queue s, run s)."""
+        future: Future[tuple[list[np.ndarray], float, float]] = Future()
+        with self._lock:
+            if admission.preparing:
+                admission.preparing = False
+                self._preparing -= 1
+            self._queued += 1
+            self._stats.on_depth(self._queued)
+        self._queue.put(_Item(tensor, future, time.perf_counter(), deadline))
+        return await asyncio.wrap_future(future)
+
+    def close(self) -> None:
+        self._queue.put(None)
+        self._thread.join(timeout=5)
+
+    # --- the inference thread -------------------------------------------------------------------
+
+    def _loop(self) -> None:
+        while True:
+            first = self._queue.get()
+            if first is None:
+                return
+            batch = self._gather(first)
+            try:
+                self._run_batch(batch)
+            except Exception as exc:  # a bug here must fail these requests, never kill the thread
+                log.exception("batcher for model %s failed", self.name)
+                for item in batch:
+                    if not item.future.done():
+                        item.future.set_exception(exc)
+
+    def _gather(self, first: _Item) -> list[_Item]:
+        batch = [first]
+        wait_until = time.perf_counter() + self.policy.max_wait_ms / 1000.0
+        while len(batch) < self._max_batch:
+            try:
+                item = self._queue.get_nowait()
+            except queue.Empty:
+                # Only wait when more requests for this model are on their way (being decoded now).
+                if self._preparing <= 0 or time.perf_counter() >= wait_until:
+                    break
+                try:
+                    item = self._queue.get(timeout=max(0.0, wait_until - time.perf_counter()))
+                except queue.Empty:
+                    break
+            if item is None:
+                self._queue.put(None)  # finish this batch, then stop
+                break
+            batch.append(item)
+        with self._lock:
+            self._queued -= len(batch)
+            self._stats.on_depth(self._queued)
+        return batch
+
+    def _run_batch(self, batch: list[_Item]) -> None:
+        now = time.perf_counter()
+        live = []
+        for item in batch:
+            if not item.future.set_running_or_notify_cancel():
+                continue  # the client's deadline already cancelled it
+            if item.deadline <= now:
+                item.future.set_exception(errors.timed_out_in_queue())
+            else:
+                live.append(item)
+        if not live:
+            return
+        stacked = np.stack([item.tensor for item in live])
+        padded = self._pad(stacked)
+        started = time.perf_counter()
+        try:
+            outputs = self._run(padded)
+        except Exception as exc:  # surfaced to every waiting request; the thread must survive
+            log.exception("inference failed for model %s", self.name)
+            for item in live:
+                item.future.set_exception(exc)
+            return
+        elapsed = time.perf_counter() - started
+        self._stats.on_batch(len(live), elapsed)
+        for index, item in enumerate(live):
+            item.future.set_result(([out[index] for out in outputs], started - item.enqueued, elapsed))
+
+    def _pad(self, stacked: np.ndarray) -> np.ndarray:
+        if not self._fixed_batch or len(stacked) == self._fixed_batch:
+            return stacked
+        padding = np.zeros((self._fixed_batch - len(stacked), *stacked.shape[1:]), dtype=stacked.dtype)
+        return np.concatenate([stacked, padding])
+
+
+@dataclass
+class Admission:
+    """A reserved place in a model's admission budget; release it when the request is done."""
+
+    batcher: DynamicBatcher
+    preparing: bool = True
+    _released: bool = field(default=False)
+
+    def __enter__(self) -> Admission:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if not self._released:
+            self._released = True
+            self.batcher._release(self.preparing)
