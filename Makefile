@@ -9,23 +9,25 @@ HOST ?=
 PORT ?=
 
 .DEFAULT_GOAL := help
-.PHONY: help serve test lint format models install install-dev clean
+.PHONY: help serve test lint format models install install-dev clean constraints
 
 help:
 	@echo "make serve   serve every model in models/ (HOST=, PORT= to override)"
 	@echo "make test    install everything the tests need and run the whole suite"
 	@echo "make models  retrain and re-export the bundled models from scratch"
 	@echo "make lint    ruff"
+	@echo "make constraints  re-pin constraints/cpu.txt and gpu.txt (the images' packages)"
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 
-$(VENV)/.stamp-serve: pyproject.toml | $(BIN)/python
-	$(BIN)/python -m pip install --quiet -e '.[cpu]'
+# The same pinned install as the container images (constraints/cpu.txt), so tests exercise what ships.
+$(VENV)/.stamp-serve: pyproject.toml constraints/cpu.txt | $(BIN)/python
+	$(BIN)/python -m pip install --quiet -c constraints/cpu.txt -e '.[cpu]'
 	@touch $@
 
-$(VENV)/.stamp-dev: pyproject.toml | $(BIN)/python
-	$(BIN)/python -m pip install --quiet -e '.[cpu,train,dev]'
+$(VENV)/.stamp-dev: pyproject.toml constraints/cpu.txt | $(BIN)/python
+	$(BIN)/python -m pip install --quiet -c constraints/cpu.txt -e '.[cpu,train,dev]'
 	@touch $@
 
 install: $(VENV)/.stamp-serve
@@ -47,6 +49,9 @@ format: $(VENV)/.stamp-dev
 
 models: $(VENV)/.stamp-dev
 	$(BIN)/python -m training bundle --models-dir models
+
+constraints: $(VENV)/.stamp-dev
+	$(BIN)/python deploy/update_constraints.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache *.egg-info

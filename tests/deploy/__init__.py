@@ -1,0 +1,1 @@
+"""Tests of the deployment files: Dockerfile, constraints, compose, Prometheus, Grafana, Kubernetes, docs."""
