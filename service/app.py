@@ -8,6 +8,7 @@ from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
+from fastapi.middleware.cors import CORSMiddleware
 
 from service import __version__
 from service.api import routes_classify, routes_health, routes_models
@@ -48,8 +49,24 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.registry = registry
     app.state.draining = False
     install_error_handlers(app, metrics)
-    app.add_middleware(RequestContextMiddleware, metrics=metrics, max_body_bytes=settings.max_body_bytes,
-                       log_requests=settings.access_log)
+    app.add_middleware(
+        RequestContextMiddleware,
+        metrics=metrics,
+        max_body_bytes=settings.max_body_bytes,
+        log_requests=settings.access_log,
+        api_keys=[key.get_secret_value() for key in settings.api_key],
+        metrics_require_key=settings.metrics_require_key,
+        body_read_timeout_s=settings.body_read_timeout_s,
+    )
+    if settings.cors_origins:
+        # Added last, so outermost: preflight requests are answered before the API-key check.
+        app.add_middleware(
+            CORSMiddleware,
+            allow_origins=settings.cors_origins,
+            allow_methods=["GET", "POST"],
+            allow_headers=["*"],
+            expose_headers=["X-Request-ID", "Server-Timing", "Retry-After"],
+        )
     app.include_router(routes_health.router)
     app.include_router(routes_models.router)
     app.include_router(routes_classify.router)

@@ -7,7 +7,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Annotated, Literal
 
-from pydantic import Field, field_validator
+from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 GraphOptimization = Literal["disable", "basic", "extended", "all"]
@@ -59,12 +59,27 @@ class Settings(BaseSettings):
         default=False, description="let ONNX Runtime threads busy-wait; off leaves the cores to decoding"
     )
     ort_graph_optimization: GraphOptimization = Field(default="all", description="ONNX Runtime graph optimisation")
+    drain_delay_s: float = Field(
+        default=5.0, ge=0, description="after SIGTERM, seconds of serving with readiness 503 before closing"
+    )
+    keep_alive_timeout_s: float = Field(default=5.0, gt=0, description="idle keep-alive connections close after it")
+    body_read_timeout_s: float = Field(
+        default=30.0, gt=0, description="a client that sends no body bytes for this long gets 408"
+    )
+    api_key: Annotated[list[SecretStr], NoDecode] = Field(
+        default_factory=list,
+        description="API keys, comma-separated; empty = no authentication. Sent as X-API-Key or Bearer",
+    )
+    metrics_require_key: bool = Field(default=False, description="also require the API key on /metrics")
+    cors_origins: Annotated[list[str], NoDecode] = Field(
+        default_factory=list, description="allowed CORS origins, comma-separated (* for any); empty = CORS off"
+    )
     log_level: Literal["debug", "info", "warning", "error"] = Field(default="info", description="log level")
     access_log: bool = Field(default=True, description="one log line per request")
 
-    @field_validator("providers", mode="before")
+    @field_validator("providers", "api_key", "cors_origins", mode="before")
     @classmethod
-    def _split_providers(cls, value: object) -> object:
+    def _split_commas(cls, value: object) -> object:
         if isinstance(value, str):
             return [p.strip() for p in value.split(",") if p.strip()]
         return value

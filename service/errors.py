@@ -51,6 +51,15 @@ def unsupported_image_format(fmt: str, allowed: list[str]) -> StrideError:
                        f"image format {fmt} is not supported; send one of {', '.join(allowed)}")
 
 
+def unauthorized() -> StrideError:
+    return StrideError(401, "unauthorized", "a valid API key is required: send it as X-API-Key or "
+                       "'Authorization: Bearer <key>'", headers={"WWW-Authenticate": "Bearer"})
+
+
+def body_timeout(seconds: float) -> StrideError:
+    return StrideError(408, "body_timeout", f"the client sent no request body data for {seconds:g} s")
+
+
 def payload_too_large(limit_bytes: int) -> StrideError:
     return StrideError(413, "payload_too_large",
                        f"the request body is larger than the limit of {limit_bytes} bytes")

@@ -22,6 +22,8 @@ R = TypeVar("R")
 
 ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
     400: {"model": ErrorResponse, "description": "empty body, not an image, corrupt or truncated image"},
+    401: {"model": ErrorResponse, "description": "API key missing or wrong (when STRIDE_API_KEY is set)"},
+    408: {"model": ErrorResponse, "description": "the client stopped sending the body"},
     404: {"model": ErrorResponse, "description": "unknown model"},
     413: {"model": ErrorResponse, "description": "body over the size limit or image over the pixel limit"},
     415: {"model": ErrorResponse, "description": "unsupported content type or image format"},

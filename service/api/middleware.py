@@ -1,11 +1,14 @@
-"""Pure ASGI middleware: request id, body size limit, request metrics and the access log.
+"""Pure ASGI middleware: request id, API-key check, body size and read-time limits, request metrics and
+the access log.
 
 Written against ASGI directly (not BaseHTTPMiddleware) so that streaming bodies are counted as they
-arrive and an oversized upload is refused without buffering it.
+arrive and an oversized or stalled upload is refused without buffering it.
 """
 
 from __future__ import annotations
 
+import asyncio
+import hmac
 import json
 import logging
 import re
@@ -23,12 +26,21 @@ access_log = logging.getLogger("stride.access")
 _SAFE_REQUEST_ID = re.compile(r"^[A-Za-z0-9._:\-]{1,128}$")
 
 
+# Paths open without an API key: probes must work unauthenticated, and the API description is public.
+_OPEN_PREFIXES = ("/health/", "/docs", "/redoc", "/openapi.json")
+
+
 class RequestContextMiddleware:
-    def __init__(self, app: ASGIApp, *, metrics: Metrics, max_body_bytes: int, log_requests: bool) -> None:
+    def __init__(self, app: ASGIApp, *, metrics: Metrics, max_body_bytes: int, log_requests: bool,
+                 api_keys: list[str] | None = None, metrics_require_key: bool = False,
+                 body_read_timeout_s: float = 30.0) -> None:
         self.app = app
         self.metrics = metrics
         self.max_body_bytes = max_body_bytes
         self.log_requests = log_requests
+        self.api_keys = [key.encode() for key in api_keys or [] if key]
+        self.metrics_require_key = metrics_require_key
+        self.body_read_timeout_s = body_read_timeout_s
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -49,26 +61,52 @@ class RequestContextMiddleware:
             await send(message)
 
         try:
+            if self.api_keys and self._needs_key(scope["path"]) and not self._authorised(headers):
+                await _send_error(send_with_id, errors.unauthorized(), rid, self.metrics)
+                return
             declared = _declared_length(headers)
             if declared is not None and declared > self.max_body_bytes:
                 error = errors.payload_too_large(self.max_body_bytes)
-                await _send_error(send_with_id, error, rid)
+                await _send_error(send_with_id, error, rid, self.metrics)
                 return
             await self.app(scope, self._limited(receive), send_with_id)
         except errors.StrideError as error:  # raised before routing, e.g. a malformed Content-Length
-            await _send_error(send_with_id, error, rid)
+            await _send_error(send_with_id, error, rid, self.metrics)
         finally:
             self._record(scope, status, time.perf_counter() - started)
 
+    def _needs_key(self, path: str) -> bool:
+        if path == "/metrics":
+            return self.metrics_require_key
+        return not path.startswith(_OPEN_PREFIXES)
+
+    def _authorised(self, headers: Headers) -> bool:
+        offered = headers.get("x-api-key", "")
+        scheme, _, token = headers.get("authorization", "").partition(" ")
+        if not offered and scheme.lower() == "bearer":
+            offered = token.strip()
+        if not offered:
+            return False
+        # Compare with every key in constant time, so timing reveals neither a key nor which one matched.
+        matches = [hmac.compare_digest(offered.encode(), key) for key in self.api_keys]
+        return any(matches)
+
     def _limited(self, receive: Receive) -> Receive:
         received = 0
-        limit = self.max_body_bytes
+        complete = False
+        limit, read_timeout = self.max_body_bytes, self.body_read_timeout_s
 
         async def receive_limited() -> Message:
-            nonlocal received
-            message = await receive()
+            nonlocal received, complete
+            if complete:
+                return await receive()  # after the body: waiting for a disconnect is not a slow upload
+            try:
+                message = await asyncio.wait_for(receive(), read_timeout)
+            except TimeoutError:
+                raise errors.body_timeout(read_timeout) from None
             if message["type"] == "http.request":
                 received += len(message.get("body", b""))
+                complete = not message.get("more_body", False)
                 if received > limit:
                     raise errors.payload_too_large(limit)
             return message
@@ -105,7 +143,8 @@ def _declared_length(headers: Headers) -> int | None:
     return int(raw)
 
 
-async def _send_error(send: Send, error: errors.StrideError, rid: str) -> None:
+async def _send_error(send: Send, error: errors.StrideError, rid: str, metrics: Metrics) -> None:
+    metrics.errors.labels(error.code).inc()
     body = json.dumps({"error": {"code": error.code, "message": error.message, "request_id": rid}}).encode()
     headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
     headers += [(k.lower().encode(), v.encode()) for k, v in error.headers.items()]
