@@ -76,12 +76,44 @@ class InputSpec(_Strict):
         return "L" if self.channels == 1 else "RGB"
 
 
+OutputKind = Literal[
+    "logits",  # classification [batch, class], or semantic segmentation [batch, class, height, width]
+    "probabilities",  # classification [batch, class], already softmaxed
+    "boxes",  # [batch, candidate, 4]: x1, y1, x2, y2 in model-input pixels
+    "scores",  # [batch, candidate, class]: per-class probabilities (sigmoid applied in the graph)
+    "mask_coefficients",  # [batch, candidate, prototype]
+    "mask_prototypes",  # [batch, prototype, height / stride, width / stride]: mask = sigmoid(coeffs @ protos)
+    "keypoints",  # [batch, candidate, joint, 3]: x, y in model-input pixels, visibility probability
+]
+
+
 class OutputSpec(_Strict):
     """One output tensor. `layout` names its axes; `kind` says what the values mean."""
 
     name: str
     layout: str = Field(description="axis names, e.g. 'batch,class'")
-    kind: Literal["logits", "probabilities"]
+    kind: OutputKind
+
+
+class DetectionSpec(_Strict):
+    """Detection-style heads (detection, instance segmentation, keypoints): one candidate per feature-map
+    cell; the service filters by score, runs NMS and maps boxes back to the original image."""
+
+    strides: list[int] = Field(min_length=1, description="feature-map strides of the candidates, in order")
+    candidates: int | None = Field(default=None, description="candidates per image at the input size")
+
+
+class MaskSpec(_Strict):
+    """Instance masks from prototypes: sigmoid(coefficients @ prototypes), cropped to the box."""
+
+    prototype_stride: int = Field(gt=0, description="input pixels per prototype pixel")
+    prototypes: int = Field(gt=0)
+    threshold: float = Field(default=0.5, gt=0, lt=1)
+
+
+class KeypointSpec(_Strict):
+    names: list[str] = Field(min_length=1, description="joint names, in output order")
+    skeleton: list[tuple[int, int]] = Field(default_factory=list, description="edges as joint index pairs")
 
 
 class GoldenSample(_Strict):
@@ -109,6 +141,39 @@ class ModelMetadata(_Strict):
     training_data: str
     metrics: dict[str, float] = Field(default_factory=dict, description="held-out metrics")
     golden: Golden | None = None
+    detection: DetectionSpec | None = None
+    masks: MaskSpec | None = None
+    keypoints: KeypointSpec | None = None
+
+    def output(self, kind: str) -> int:
+        """Index of the output of this kind; ContractError if the model has none."""
+        for index, spec in enumerate(self.outputs):
+            if spec.kind == kind:
+                return index
+        raise ContractError(f"the {self.task} model declares no '{kind}' output")
+
+    @model_validator(mode="after")
+    def _task_requirements(self) -> ModelMetadata:
+        needs: dict[Task, tuple[str, ...]] = {
+            Task.CLASSIFICATION: (),
+            Task.DETECTION: ("boxes", "scores"),
+            Task.INSTANCE_SEGMENTATION: ("boxes", "scores", "mask_coefficients", "mask_prototypes"),
+            Task.SEMANTIC_SEGMENTATION: ("logits",),
+            Task.KEYPOINTS: ("boxes", "scores", "keypoints"),
+        }
+        kinds = {o.kind for o in self.outputs}
+        missing = [kind for kind in needs[self.task] if kind not in kinds]
+        if missing:
+            raise ValueError(f"a {self.task} model needs outputs of kind {missing}")
+        if self.task is Task.CLASSIFICATION and not kinds & {"logits", "probabilities"}:
+            raise ValueError("a classification model needs a 'logits' or 'probabilities' output")
+        if self.task in (Task.DETECTION, Task.INSTANCE_SEGMENTATION, Task.KEYPOINTS) and self.detection is None:
+            raise ValueError(f"a {self.task} model needs the 'detection' section")
+        if self.task is Task.INSTANCE_SEGMENTATION and self.masks is None:
+            raise ValueError("an instance_segmentation model needs the 'masks' section")
+        if self.task is Task.KEYPOINTS and self.keypoints is None:
+            raise ValueError("a keypoints model needs the 'keypoints' section")
+        return self
 
     @model_validator(mode="after")
     def _supported_version(self) -> ModelMetadata:

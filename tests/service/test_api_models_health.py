@@ -94,11 +94,11 @@ def test_default_model_setting_and_first_by_name(make_client, tiny_model_dir: Pa
 
 
 def test_task_mismatch_is_a_bad_parameter(make_client, tmp_path: Path) -> None:
-    write_model(tmp_path / "det.onnx", tiny_classifier_graph(), tiny_metadata(task="detection"))
+    write_model(tmp_path / "seg.onnx", tiny_classifier_graph(), tiny_metadata(task="semantic_segmentation"))
     client = make_client(tmp_path, verify_golden=False)
-    response = client.post("/v1/classify?model=det", content=png_bytes(Image.new("L", (4, 4))),
+    response = client.post("/v1/classify?model=seg", content=png_bytes(Image.new("L", (4, 4))),
                            headers={"content-type": "image/png"})
-    assert response.status_code == 422 and "detection" in response.json()["error"]["message"]
+    assert response.status_code == 422 and "semantic_segmentation" in response.json()["error"]["message"]
 
 
 def test_metrics_count_requests_inference_decodes_and_errors(client: TestClient) -> None:

@@ -6,6 +6,7 @@ from service.contract import (
     CONTRACT_VERSION,
     ContractError,
     InputSpec,
+    OutputSpec,
     ResizePolicy,
     from_metadata_props,
     to_metadata_props,
@@ -58,3 +59,30 @@ def test_colour_mode_follows_channels() -> None:
     grey = InputSpec(height=4, width=4, channels=1, resize="stretch", mean=(0,), std=(1,))
     rgb = InputSpec(height=4, width=4, channels=3, resize="letterbox", mean=(0, 0, 0), std=(1, 1, 1))
     assert (grey.color_mode, rgb.color_mode) == ("L", "RGB")
+
+
+@pytest.mark.parametrize(
+    ("task", "outputs", "sections", "message"),
+    [
+        ("detection", ["logits"], {}, "needs outputs of kind"),
+        ("detection", ["boxes", "scores"], {}, "'detection' section"),
+        ("instance_segmentation", ["boxes", "scores", "mask_coefficients", "mask_prototypes"],
+         {"detection": {"strides": [8]}}, "'masks' section"),
+        ("keypoints", ["boxes", "scores", "keypoints"], {"detection": {"strides": [8]}}, "'keypoints' section"),
+        ("classification", ["boxes"], {}, "'logits' or 'probabilities'"),
+    ],
+)
+def test_task_specific_outputs_and_sections_are_required(task, outputs, sections, message) -> None:
+    specs = [OutputSpec(name=kind, layout="batch,x", kind=kind) for kind in outputs]
+    with pytest.raises(ValueError, match=message):
+        tiny_metadata(task=task, outputs=specs, **sections)
+
+
+def test_a_complete_keypoint_contract_is_accepted_and_finds_its_outputs() -> None:
+    specs = [OutputSpec(name=kind, layout="batch,x", kind=kind) for kind in ("boxes", "scores", "keypoints")]
+    meta = tiny_metadata(task="keypoints", outputs=specs, detection={"strides": [8, 16]},
+                         keypoints={"names": ["head", "neck"], "skeleton": [(0, 1)]})
+    assert meta.output("keypoints") == 2
+    assert from_metadata_props(to_metadata_props(meta)) == meta
+    with pytest.raises(ContractError, match="mask_prototypes"):
+        meta.output("mask_prototypes")
