@@ -35,7 +35,7 @@ from training.models import get_arch
 
 @dataclass(frozen=True)
 class TrainConfig:
-    epochs: int = 60
+    epochs: int = 100
     batch_size: int = 64
     optimizer: Literal["adamw", "sgd"] = "adamw"
     lr: float = 3e-3
@@ -45,21 +45,16 @@ class TrainConfig:
     step_size: int = 20  # step schedule: epochs between decays
     step_gamma: float = 0.1
     warmup_epochs: int = 2  # linear ramp from lr/10, avoids early instability with AdamW
-    label_smoothing: float = 0.0
+    label_smoothing: float = 0.1  # softer targets: a little better calibrated and more accurate here
     # Augmentation (training only): random rotation (degrees), isotropic scale (+- fraction) and
     # translation (+- fraction of the input width/height), drawn per image.
     augment: bool = True
-    max_rotation: float = 10.0
-    max_scale: float = 0.10
-    max_translate: float = 0.08
-    patience: int = 20  # stop after this many epochs without a better validation accuracy
+    max_rotation: float = 15.0
+    max_scale: float = 0.15
+    max_translate: float = 0.10
+    patience: int = 30  # stop after this many epochs without a better validation accuracy
     seed: int = 0
     threads: int = 0  # torch intra-op threads; 0 = min(cpu_count, 4)
-
-    @classmethod
-    def from_dict(cls, values: Mapping[str, Any]) -> TrainConfig:
-        known = {f.name for f in dataclasses.fields(cls)}
-        return cls(**{k: v for k, v in values.items() if k in known})
 
 
 @dataclass

@@ -35,6 +35,7 @@ class ImageSplits:
     test: ImageSet  # held out: reported metrics only
     split_seed: int
     extra: dict[str, object] = field(default_factory=dict)  # source-specific facts for split.json
+    card_notes: str = ""  # markdown for the model card: how images look, what to send, limitations
 
     def split_record(self) -> dict[str, object]:
         """JSON-able record of exactly which source items went where, for reproducibility."""

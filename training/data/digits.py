@@ -24,6 +24,17 @@ DESCRIPTION = (
     "rendered as 8-bit grayscale, white ink on black; stratified 70/15/15 train/val/test split"
 )
 
+CARD_NOTES = """\
+Each 8x8 image is rendered as an 8-bit grayscale image with pixel = round(value × 255 / 16), white ink on
+black: exactly what a user would upload. Send bright digits on a dark background, centred and roughly
+filling the frame like the training images; invert dark-on-light images first.
+
+Limitations: scikit-learn's copy of the UCI optdigits test set has 1,797 digits written by few people
+(13 according to the UCI description). No writer IDs are available, so the split is by image, not by
+writer, and the same writers appear in train and test: expect lower accuracy on other people's
+handwriting, on off-centre, much thinner or thicker digits, and on anything that is not a single digit
+(the model always answers one of the ten classes)."""
+
 
 def render_digit(values: np.ndarray) -> Image.Image:
     """[8, 8] values in 0..16 -> 8x8 "L" image with pixel = round(value * 255 / 16) (half rounds up)."""
@@ -65,4 +76,5 @@ def load_digits_splits(split_seed: int = DEFAULT_SPLIT_SEED) -> ImageSplits:
             "fractions": {"train": 1 - VAL_FRACTION - TEST_FRACTION, "val": VAL_FRACTION, "test": TEST_FRACTION},
             "rendering": "L uint8 8x8, pixel = round(value * 255 / 16), white ink on black",
         },
+        card_notes=CARD_NOTES,
     )

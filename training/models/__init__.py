@@ -16,6 +16,7 @@ from typing import Any
 from torch import nn
 
 from service.contract import InputSpec, Interpolation, ResizePolicy
+from training.models.lenet5 import CARD_SUMMARY as LENET5_CARD_SUMMARY
 from training.models.lenet5 import LeNet5, LeNet5Config
 
 
@@ -26,6 +27,7 @@ class ArchSpec:
     config_cls: type  # frozen dataclass; must accept in_channels and num_classes
     build: Callable[[Any], nn.Module]  # config instance -> fresh, randomly initialised module
     default_input: InputSpec
+    card_summary: str = ""  # markdown paragraph for model cards: layers, deviations from the reference
 
     def make_config(self, overrides: Mapping[str, Any] | None = None) -> Any:
         """The default config with `overrides` applied; unknown keys are an error, not silently dropped."""
@@ -69,6 +71,7 @@ register(
     ArchSpec(
         name="lenet5",
         title="LeNet-5 (LeCun et al., 1998)",
+        card_summary=LENET5_CARD_SUMMARY,
         config_cls=LeNet5Config,
         build=LeNet5,
         # The paper's 32x32 input; small images are upscaled to it. mean/std were measured on the digits

@@ -35,6 +35,14 @@ C3_TABLE: tuple[tuple[int, ...], ...] = (
     (0, 1, 2, 3, 4, 5),
 )  # fmt: skip
 
+CARD_SUMMARY = """\
+Input 1x32x32 → C1 6@5x5 conv (28x28) → S2 2x2 pool (14x14) → C3 16@5x5 conv (10x10), optionally with
+the paper's partial S2→C3 connection table → S4 2x2 pool (5x5) → C5 120@5x5 conv (1x1) → F6 84 fully
+connected → one logit per class. Differences from the paper: the Euclidean RBF output layer is a linear
+layer trained with cross-entropy, and the trainable subsampling layers are plain pooling followed by the
+activation. The connection table is a fixed 0/1 mask on a dense C3 weight; the exporter folds it into the
+weight, so the ONNX graph is a plain convolution."""
+
 
 @dataclass(frozen=True)
 class LeNet5Config:
@@ -106,9 +114,7 @@ class LeNet5(nn.Module):
     def __init__(self, config: LeNet5Config | None = None) -> None:
         super().__init__()
         self.config = config = config or LeNet5Config()
-        c3: nn.Conv2d = (
-            MaskedConv2d(6, 16, 5, c3_connection_mask()) if config.c3_table else nn.Conv2d(6, 16, 5)
-        )
+        c3: nn.Conv2d = MaskedConv2d(6, 16, 5, c3_connection_mask()) if config.c3_table else nn.Conv2d(6, 16, 5)
         self.features = nn.Sequential(
             nn.Conv2d(config.in_channels, 6, 5),  # C1: [B,1,32,32] -> [B,6,28,28]
             make_activation(config.activation),
@@ -134,4 +140,3 @@ class LeNet5(nn.Module):
         stored = sum(p.numel() for p in self.parameters())
         masked = sum(m.num_masked_weights for m in self.modules() if isinstance(m, MaskedConv2d))
         return stored - masked
-

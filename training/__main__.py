@@ -1,0 +1,10 @@
+"""Entry point for `python -m training` and the `stride-train` script."""
+
+from __future__ import annotations
+
+import sys
+
+from training.cli import main
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,202 @@
+"""`python -m training` / `stride-train`: bundle, train, export, evaluate.
+
+    python -m training bundle --models-dir models [--only lenet5]
+    python -m training train --arch lenet5 --data digits --out runs/lenet5 [--epochs 100 --seed 0 ...]
+    python -m training export runs/lenet5/checkpoint.pt --out models/lenet5.onnx [--card]
+    python -m training evaluate models/lenet5.onnx [--data digits]
+
+Every TrainConfig field is a `train` option (`--label-smoothing 0.1`, `--no-augment`, ...), generated from
+the dataclass so new hyperparameters need no CLI code. Architecture options go through
+`--arch-option KEY=VALUE` and are checked against the architecture's config dataclass.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import logging
+import shlex
+import sys
+import typing
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from training.bundle import BUNDLED, build_bundle, describe_machine
+from training.checkpoint import Checkpoint
+from training.data import DATASETS, DEFAULT_SPLIT_SEED, load_dataset
+from training.evaluate import EvalReport, evaluate_test_split, read_metadata
+from training.export import export_checkpoint
+from training.models import ARCHS
+from training.report import CardContext, write_model_card
+from training.train import TrainConfig, train_checkpoint
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    logging.getLogger("training").setLevel(logging.INFO)
+    # torch's ONNX exporter warns once per torchvision op it cannot register; Stride does not use torchvision.
+    logging.getLogger("torch.onnx._internal.exporter._registration").setLevel(logging.ERROR)
+    argv = list(sys.argv[1:] if argv is None else argv)
+    args = build_parser().parse_args(argv)
+    args.argv = argv  # recorded in checkpoints so a run says how it was made
+    return args.handler(args)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m training", description="Train and export Stride models.")
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    bundle = commands.add_parser("bundle", help="retrain, export and document every bundled model")
+    bundle.add_argument("--models-dir", type=Path, default=Path("models"))
+    bundle.add_argument(
+        "--only", action="append", choices=[r.name for r in BUNDLED], help="rebuild just this model (repeatable)"
+    )
+    bundle.add_argument("--no-progress", action="store_true", help="no progress bar")
+    bundle.set_defaults(handler=run_bundle)
+
+    train = commands.add_parser("train", help="train one model, write a checkpoint")
+    train.add_argument("--arch", required=True, choices=sorted(ARCHS))
+    train.add_argument("--data", required=True, choices=sorted(DATASETS))
+    train.add_argument("--split-seed", type=int, default=DEFAULT_SPLIT_SEED)
+    train.add_argument("--out", type=Path, required=True, help="run folder: checkpoint.pt, metrics.jsonl")
+    train.add_argument(
+        "--arch-option",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="architecture config override, e.g. activation=relu (repeatable)",
+    )
+    train.add_argument("--no-progress", action="store_true", help="no progress bar")
+    add_dataclass_options(train, TrainConfig)
+    train.set_defaults(handler=run_train)
+
+    export = commands.add_parser("export", help="export a checkpoint to ONNX with Stride metadata")
+    export.add_argument("checkpoint", type=Path)
+    export.add_argument("--out", type=Path, required=True, help="e.g. models/NAME.onnx")
+    export.add_argument("--model-version", default="1.0.0")
+    export.add_argument("--card", action="store_true", help="also write the model card folder next to --out")
+    export.set_defaults(handler=run_export)
+
+    evaluate = commands.add_parser("evaluate", help="held-out test metrics of an ONNX model via ONNX Runtime")
+    evaluate.add_argument("model", type=Path)
+    evaluate.add_argument("--data", default="digits", choices=sorted(DATASETS))
+    evaluate.add_argument("--split-seed", type=int, default=DEFAULT_SPLIT_SEED)
+    evaluate.add_argument("--json", action="store_true", help="print the full report as JSON")
+    evaluate.set_defaults(handler=run_evaluate)
+    return parser
+
+
+def add_dataclass_options(parser: argparse.ArgumentParser, cls: type) -> None:
+    """One `--field-name` option per dataclass field, typed from its annotation, default from the class."""
+    hints = typing.get_type_hints(cls)
+    group = parser.add_argument_group(f"{cls.__name__} (defaults reproduce the bundled models)")
+    for f in dataclasses.fields(cls):
+        flag, hint, default = "--" + f.name.replace("_", "-"), hints[f.name], f.default
+        if hint is bool:
+            group.add_argument(flag, action=argparse.BooleanOptionalAction, default=default)
+        elif typing.get_origin(hint) is typing.Literal:
+            group.add_argument(flag, choices=typing.get_args(hint), default=default, help=f"default {default}")
+        else:
+            group.add_argument(flag, type=hint, default=default, help=f"default {default}")
+
+
+def parse_arch_options(pairs: Sequence[str]) -> dict[str, Any]:
+    """["activation=relu", "c3_table=false"] -> {"activation": "relu", "c3_table": False}; values are
+    read as JSON when they parse (numbers, true/false; True/False too), otherwise kept as strings."""
+    options: dict[str, Any] = {}
+    for pair in pairs:
+        key, sep, raw = pair.partition("=")
+        if not sep:
+            raise SystemExit(f"--arch-option needs KEY=VALUE, got {pair!r}")
+        raw = raw.strip()
+        if raw in ("True", "False"):  # Python spelling, as printed in model cards
+            raw = raw.lower()
+        try:
+            options[key.strip()] = json.loads(raw)
+        except json.JSONDecodeError:
+            options[key.strip()] = raw
+    return options
+
+
+def run_bundle(args: argparse.Namespace) -> int:
+    for result in build_bundle(args.models_dir, args.only, progress=not args.no_progress):
+        print(
+            f"{result.path}: test accuracy {result.test.accuracy:.4f} via ONNX Runtime "
+            f"({result.test.samples - result.test.errors}/{result.test.samples}), "
+            f"parity {result.parity_max_abs_diff:.1e}, {result.file_bytes:,} bytes"
+        )
+    return 0
+
+
+def run_train(args: argparse.Namespace) -> int:
+    config = TrainConfig(**{f.name: getattr(args, f.name) for f in dataclasses.fields(TrainConfig)})
+    splits = load_dataset(args.data, args.split_seed)
+    args.out.mkdir(parents=True, exist_ok=True)
+    checkpoint = train_checkpoint(
+        args.arch,
+        splits,
+        config,
+        parse_arch_options(args.arch_option),
+        log_path=args.out / "metrics.jsonl",
+        progress=not args.no_progress,
+    )
+    checkpoint.summary["command"] = shlex.join(["python", "-m", "training", *args.argv])
+    path = checkpoint.save(args.out / "checkpoint.pt")
+    s = checkpoint.summary
+    print(
+        f"{path}: best epoch {s['best_epoch']}/{s['epochs_run']}, val accuracy {s['best_val_accuracy']:.4f}, "
+        f"{s['train_seconds']:.1f} s"
+    )
+    return 0
+
+
+def run_export(args: argparse.Namespace) -> int:
+    checkpoint = Checkpoint.load(args.checkpoint)
+    splits = load_dataset(checkpoint.data["name"], checkpoint.data["split_seed"])
+    result = export_checkpoint(checkpoint, args.out, splits, model_version=args.model_version)
+    print(
+        f"{result.path}: test accuracy {result.test.accuracy:.4f} via ONNX Runtime, "
+        f"parity {result.parity_max_abs_diff:.1e}, {result.file_bytes:,} bytes ({result.exporter} exporter)"
+    )
+    if args.card:
+        folder = args.out.with_suffix("")
+        export_command = shlex.join(["python", "-m", "training", *args.argv])
+        train_command = checkpoint.summary.get("command", "# (checkpoint does not record its train command)")
+        context = CardContext(
+            name=args.out.stem,
+            command=f"{train_command}\n{export_command}",
+            config_rationale="chosen by whoever ran the training command above",
+            machine=describe_machine(),
+        )
+        write_model_card(folder, checkpoint, splits, result, context)
+        print(f"model card: {folder}/README.md")
+    return 0
+
+
+def run_evaluate(args: argparse.Namespace) -> int:
+    try:
+        report = evaluate_test_split(args.model, args.data, args.split_seed)
+    except ValueError as exc:
+        raise SystemExit(str(exc)) from exc
+    if args.json:
+        print(json.dumps(report.to_dict(), indent=2))
+    else:
+        print_report(report, args.model, read_metadata(args.model).metrics)
+    return 0
+
+
+def print_report(report: EvalReport, model: Path, embedded: dict[str, float]) -> None:
+    print(f"{model}: {report.samples} held-out test images, ONNX Runtime")
+    print(f"  accuracy       {report.accuracy:.4f}  ({report.errors} errors)")
+    print(f"  macro F1       {report.macro_f1:.4f}")
+    print(f"  cross-entropy  {report.cross_entropy:.4f}")
+    if "test_accuracy" in embedded:
+        print(f"  accuracy in the model's metadata: {embedded['test_accuracy']:.4f}")
+    print("  class  precision  recall  f1      support")
+    for label, m in report.per_class.items():
+        print(f"  {label:>5}  {m['precision']:.4f}     {m['recall']:.4f}  {m['f1']:.4f}  {m['support']}")
+    print("  confusion (rows: true, columns: predicted)")
+    for label, row in zip(report.labels, report.confusion, strict=True):
+        print(f"  {label:>5}  " + " ".join(f"{n:3d}" for n in row))
