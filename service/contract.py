@@ -137,6 +137,9 @@ class ModelMetadata(_Strict):
     input: InputSpec
     outputs: list[OutputSpec] = Field(min_length=1)
     model_version: str
+    precision: Literal["fp32", "fp16", "int8"] = Field(
+        default="fp32", description="weights/compute precision; fp16 models need a GPU execution provider"
+    )
     architecture: str
     training_data: str
     metrics: dict[str, float] = Field(default_factory=dict, description="held-out metrics")

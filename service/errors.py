@@ -80,6 +80,11 @@ def no_model_for_task(task: str) -> StrideError:
     return StrideError(404, "model_not_found", f"no {task} model is loaded; put one in the models directory")
 
 
+def wrong_task(model: str, task: str, wanted: list[str]) -> StrideError:
+    return StrideError(400, "wrong_task", f"model '{model}' is a {task} model; this endpoint needs a "
+                       f"{' or '.join(wanted)} model (see GET /v1/models)")
+
+
 def invalid_parameter(name: str, message: str) -> StrideError:
     return StrideError(422, "invalid_parameter", f"parameter '{name}': {message}")
 

@@ -28,6 +28,7 @@ class ModelStatus(StrEnum):
     LOADING = "loading"
     READY = "ready"
     FAILED = "failed"
+    UNAVAILABLE = "unavailable"  # valid, but not for this host (an fp16 model without a GPU provider)
 
 
 @dataclass
@@ -82,6 +83,13 @@ class ModelRegistry:
         try:
             session = open_session(entry.path, self.settings)
             metadata = from_metadata_props(session.custom_metadata)
+            if metadata.precision == "fp16" and session.provider == "CPUExecutionProvider":
+                entry.metadata = metadata
+                entry.status = ModelStatus.UNAVAILABLE
+                entry.reason = ("an fp16 model needs a GPU execution provider; this host runs "
+                                "CPUExecutionProvider (serve the fp32 or int8 variant here)")
+                log.warning("model %s unavailable: %s", entry.name, entry.reason)
+                return
             check_input_shape(session, metadata)
             if self.settings.verify_golden:
                 verify_golden(session, metadata)
@@ -130,22 +138,21 @@ class ModelRegistry:
             raise errors.model_not_found(name, self.names())
         return entry
 
-    def resolve(self, name: str | None, task: Task) -> ModelEntry:
-        """The ready model a request for `task` should use, or the error that says why there is none."""
+    def resolve(self, name: str | None, *tasks: Task) -> ModelEntry:
+        """The ready model a request for one of `tasks` should use (default: the first task's default
+        model, then the next's), or the error that says why there is none."""
         if self.loading and (name is None or name not in self.entries):
             raise errors.not_ready("models are still loading")
-        chosen = name or self.default_name(task)
+        chosen = name or next((d for d in map(self.default_name, tasks) if d), None)
         if chosen is None:
-            raise errors.no_model_for_task(task.value)
+            raise errors.no_model_for_task(" or ".join(t.value for t in tasks))
         entry = self.get(chosen)
         if entry.status is ModelStatus.LOADING:
             raise errors.not_ready(f"model '{entry.name}' is still loading")
-        if entry.status is ModelStatus.FAILED:
+        if entry.status in (ModelStatus.FAILED, ModelStatus.UNAVAILABLE):
             raise errors.model_unavailable(entry.name, entry.reason or "failed to load")
-        if entry.task is not task:
-            raise errors.invalid_parameter(
-                "model", f"model '{entry.name}' is a {entry.task} model, not a {task} model"
-            )
+        if entry.task not in tasks:
+            raise errors.wrong_task(entry.name, str(entry.task), [str(t) for t in tasks])
         return entry
 
     def readiness(self) -> tuple[bool, str]:

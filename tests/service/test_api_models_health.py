@@ -93,12 +93,24 @@ def test_default_model_setting_and_first_by_name(make_client, tiny_model_dir: Pa
     assert response.json()["model"] == "tiny"
 
 
-def test_task_mismatch_is_a_bad_parameter(make_client, tmp_path: Path) -> None:
+def test_task_mismatch_is_a_clear_400(make_client, tmp_path: Path) -> None:
     write_model(tmp_path / "seg.onnx", tiny_classifier_graph(), tiny_metadata(task="semantic_segmentation"))
     client = make_client(tmp_path, verify_golden=False)
     response = client.post("/v1/classify?model=seg", content=png_bytes(Image.new("L", (4, 4))),
                            headers={"content-type": "image/png"})
-    assert response.status_code == 422 and "semantic_segmentation" in response.json()["error"]["message"]
+    assert response.status_code == 400 and response.json()["error"]["code"] == "wrong_task"
+    assert "semantic_segmentation" in response.json()["error"]["message"]
+
+
+def test_fp16_model_on_cpu_is_unavailable_without_failing_readiness(make_client, tiny_model_dir: Path) -> None:
+    write_model(tiny_model_dir / "half.onnx", tiny_classifier_graph(), tiny_metadata(precision="fp16"))
+    client = make_client(tiny_model_dir, require_all_models=True)
+    assert client.get("/health/ready").status_code == 200
+    half = client.get("/v1/models/half").json()
+    assert half["status"] == "unavailable" and "GPU" in half["reason"]
+    response = client.post("/v1/classify?model=half", content=png_bytes(Image.new("L", (4, 4))),
+                           headers={"content-type": "image/png"})
+    assert response.status_code == 503 and response.json()["error"]["code"] == "model_unavailable"
 
 
 def test_metrics_count_requests_inference_decodes_and_errors(client: TestClient) -> None:
