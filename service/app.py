@@ -11,7 +11,7 @@ from fastapi import FastAPI
 from fastapi.middleware.cors import CORSMiddleware
 
 from service import __version__
-from service.api import routes_classify, routes_health, routes_models
+from service.api import routes_classify, routes_dense, routes_health, routes_models
 from service.api.error_handlers import install_error_handlers
 from service.api.middleware import RequestContextMiddleware
 from service.config import Settings, get_settings
@@ -70,6 +70,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(routes_health.router)
     app.include_router(routes_models.router)
     app.include_router(routes_classify.router)
+    app.include_router(routes_dense.router)
     return app
 
 

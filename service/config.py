@@ -48,6 +48,10 @@ class Settings(BaseSettings):
         default_factory=dict,
         description='per-model overrides, JSON, e.g. {"lenet5": {"max_batch_size": 64, "max_wait_ms": 1}}',
     )
+    max_response_bytes: int = Field(
+        default=8 * 1024 * 1024, gt=0,
+        description="instance-mask budget per image: over it masks switch to rle, then are dropped (noted)",
+    )
     max_images_per_request: int = Field(default=16, ge=1, description="repeated multipart `file` fields allowed")
     jpeg_draft: bool = Field(default=True, description="decode large JPEGs at reduced scale (DCT) for small inputs")
     ort_intra_op_threads: int = Field(default=0, ge=0, description="ONNX Runtime intra-op threads; 0 = ORT's default")

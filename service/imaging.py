@@ -37,6 +37,7 @@ class DecodedImage:
     width: int  # of the image as sent (upright); `image` may be smaller after JPEG DCT scaling
     height: int
     format: str
+    orientation: int = 1  # the EXIF orientation tag that was applied (1 = stored upright)
 
 
 def decode_image(data: bytes, *, mode: str, max_pixels: int, min_side: int | None = None) -> DecodedImage:
@@ -61,11 +62,20 @@ def decode_image(data: bytes, *, mode: str, max_pixels: int, min_side: int | Non
     except (OSError, SyntaxError, ValueError, EOFError) as exc:
         raise errors.corrupt_image(str(exc) or type(exc).__name__) from exc
     fmt = str(image.format)
+    orientation = _exif_orientation(image)
     upright = _apply_exif_orientation(image)
     if upright.size != image.size:
         width, height = height, width  # a 90-degree EXIF rotation swaps the sent size too
     converted = convert_mode(upright, mode)
-    return DecodedImage(converted, width, height, fmt)
+    return DecodedImage(converted, width, height, fmt, orientation)
+
+
+def _exif_orientation(image: Image.Image) -> int:
+    try:
+        value = image.getexif().get(0x0112, 1)
+    except (OSError, SyntaxError, ValueError, TypeError, KeyError):
+        return 1
+    return value if isinstance(value, int) and 1 <= value <= 8 else 1
 
 
 def _draft_request(width: int, height: int, min_side: int) -> tuple[int, int]:

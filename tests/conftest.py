@@ -140,3 +140,27 @@ def make_client() -> Iterator[Callable[..., TestClient]]:
 @pytest.fixture
 def client(make_client: Callable[..., TestClient], tiny_model_dir: Path) -> TestClient:
     return make_client(tiny_model_dir)
+
+
+def constant_outputs_graph(spec: InputSpec, outputs: dict[str, np.ndarray]) -> onnx.ModelProto:
+    """A graph whose outputs are fixed arrays ([1, ...], broadcast over the batch), whatever the image:
+    decoders can then be tested against exactly known model outputs."""
+    nodes = [helper.make_node("ReduceMean", ["images"], ["mean"], axes=[1, 2, 3], keepdims=1),
+             helper.make_node("Mul", ["mean", "zero"], ["nothing"])]
+    initializers = [numpy_helper.from_array(np.zeros((), dtype=np.float32), "zero")]
+    value_infos = []
+    for name, value in outputs.items():
+        shape = np.array([-1] + [1] * (value.ndim - 1), dtype=np.int64)
+        initializers += [numpy_helper.from_array(value.astype(np.float32), f"{name}_value"),
+                         numpy_helper.from_array(shape, f"{name}_shape")]
+        nodes += [helper.make_node("Reshape", ["nothing", f"{name}_shape"], [f"{name}_zero"]),
+                  helper.make_node("Add", [f"{name}_zero", f"{name}_value"], [name])]
+        value_infos.append(helper.make_tensor_value_info(name, TensorProto.FLOAT, ["batch", *value.shape[1:]]))
+    graph = helper.make_graph(
+        nodes, "constant",
+        [helper.make_tensor_value_info("images", TensorProto.FLOAT,
+                                       ["batch", spec.channels, spec.height, spec.width])],
+        value_infos, initializers)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    return model

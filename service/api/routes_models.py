@@ -27,6 +27,10 @@ def model_info(entry: ModelEntry) -> ModelInfo:
         labels=meta.labels if meta else None,
         metrics=meta.metrics if meta else None,
         training_data=meta.training_data if meta else None,
+        precision=meta.precision if meta else None,
+        detection=meta.detection if meta else None,
+        masks=meta.masks if meta else None,
+        keypoints=meta.keypoints if meta else None,
         file=entry.path.name,
     )
 
