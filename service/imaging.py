@@ -55,8 +55,8 @@ def decode_image(data: bytes, *, mode: str, max_pixels: int, min_side: int | Non
     width, height = image.size
     if width * height > max_pixels:
         raise errors.image_too_large(width, height, max_pixels)
-    if min_side and image.format == "JPEG" and min(width, height) >= 2 * min_side:
-        image.draft(image.mode, _draft_request(width, height, min_side))
+    if min_side and image.format == "JPEG":
+        _draft_jpeg(image, mode, width, height, min_side)
     try:
         image.load()
     except (OSError, SyntaxError, ValueError, EOFError) as exc:
@@ -76,6 +76,16 @@ def _exif_orientation(image: Image.Image) -> int:
     except (OSError, SyntaxError, ValueError, TypeError, KeyError):
         return 1
     return value if isinstance(value, int) and 1 <= value <= 8 else 1
+
+
+def _draft_jpeg(image: Image.Image, mode: str, width: int, height: int, min_side: int) -> None:
+    """Let libjpeg do the cheap part: scale in the DCT domain, and for a grey model decode only the
+    luma plane (the same ITU-R 601 weights Pillow's RGB -> L conversion uses, within rounding)."""
+    grey = mode == "L" and image.mode in ("RGB", "YCbCr")
+    small = min(width, height) >= 2 * min_side
+    if grey or small:
+        size = _draft_request(width, height, min_side) if small else (width, height)
+        image.draft("L" if grey else image.mode, size)
 
 
 def _draft_request(width: int, height: int, min_side: int) -> tuple[int, int]:

@@ -11,8 +11,8 @@ from tests.conftest import png_bytes
 BIG = 10_000_000
 
 
-def decode(data: bytes, mode: str = "RGB", max_pixels: int = BIG):
-    return decode_image(data, mode=mode, max_pixels=max_pixels)
+def decode(data: bytes, mode: str = "RGB", max_pixels: int = BIG, min_side: int | None = None):
+    return decode_image(data, mode=mode, max_pixels=max_pixels, min_side=min_side)
 
 
 def error_of(data: bytes, **kwargs: object) -> StrideError:
@@ -128,3 +128,29 @@ def test_animated_gif_uses_first_frame() -> None:
     frames[0].save(buffer, "GIF", save_all=True, append_images=frames[1:])
     decoded = decode(buffer.getvalue(), mode="L")
     assert decoded.image.getpixel((0, 0)) == 10
+
+
+def photo_like(width: int, height: int) -> Image.Image:
+    yy, xx = np.mgrid[:height, :width]
+    return Image.fromarray(np.stack([xx * 255 // width, yy * 255 // height, (xx + yy) % 256], -1).astype(np.uint8))
+
+
+@pytest.mark.parametrize(("min_side", "expected"), [(64, (160, 120)), (200, (320, 240)), (240, (320, 240)), (241, (640, 480))])
+def test_jpeg_draft_decodes_at_reduced_scale_but_reports_the_sent_size(min_side: int, expected: tuple) -> None:
+    data = png_bytes(photo_like(640, 480), "JPEG", quality=90)
+    decoded = decode(data, mode="RGB", min_side=min_side)
+    assert decoded.image.size == expected
+    assert (decoded.width, decoded.height) == (640, 480)
+
+
+def test_jpeg_draft_keeps_the_pixels_close_to_a_full_decode() -> None:
+    data = png_bytes(photo_like(640, 480), "JPEG", quality=90)
+    full = np.asarray(decode(data, mode="L").image.resize((32, 32), Image.Resampling.BILINEAR), dtype=float)
+    drafted = np.asarray(decode(data, mode="L", min_side=64).image.resize((32, 32), Image.Resampling.BILINEAR),
+                         dtype=float)
+    assert np.abs(full - drafted).mean() < 2.0  # 8-bit levels, after the resize a model input goes through
+
+
+def test_draft_never_applies_to_png_or_small_jpegs() -> None:
+    assert decode(png_bytes(photo_like(640, 480)), min_side=64).image.size == (640, 480)
+    assert decode(png_bytes(photo_like(100, 80), "JPEG"), min_side=64).image.size == (100, 80)

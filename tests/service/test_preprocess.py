@@ -57,3 +57,11 @@ def test_grey_tensor_has_one_channel() -> None:
 def test_wrong_colour_mode_is_refused() -> None:
     with pytest.raises(ValueError, match="mode RGB"):
         prepare(Image.new("RGB", (8, 8)), spec("stretch"))
+
+
+def test_geometry_refers_to_the_sent_size_when_the_decoder_shrank_the_image() -> None:
+    letterbox = spec("letterbox", width=32, height=32)
+    _, direct = prepare(Image.new("L", (640, 320)), letterbox)
+    _, shrunk = prepare(Image.new("L", (160, 80)), letterbox, original_size=(640, 320))
+    assert (shrunk.original_width, shrunk.original_height) == (640, 320)
+    assert shrunk.scale_x == pytest.approx(direct.scale_x) and shrunk.offset_y == pytest.approx(direct.offset_y)
