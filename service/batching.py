@@ -102,6 +102,12 @@ class DynamicBatcher:
     async def infer(self, admission: Admission, tensor: np.ndarray,
                     deadline: float) -> tuple[list[np.ndarray], float, float]:
         """Run one [C, H, W] tensor in the next batch; returns (outputs without batch axis, queue s, run s)."""
+        return await asyncio.wrap_future(self.submit(admission, tensor, deadline))
+
+    def submit(self, admission: Admission, tensor: np.ndarray,
+               deadline: float) -> Future[tuple[list[np.ndarray], float, float]]:
+        """Thread-safe, non-blocking: queue the tensor; the future resolves in the batcher thread, so a
+        done-callback can hand the outputs straight to the next stage without a trip through the loop."""
         future: Future[tuple[list[np.ndarray], float, float]] = Future()
         with self._lock:
             if admission.preparing:
@@ -110,7 +116,7 @@ class DynamicBatcher:
             self._queued += 1
             self._stats.on_depth(self._queued)
         self._queue.put(_Item(tensor, future, time.perf_counter(), deadline))
-        return await asyncio.wrap_future(future)
+        return future
 
     def close(self) -> None:
         self._queue.put(None)
