@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import atexit
 import json
 import logging
+import logging.handlers
+import queue
 import time
 
 _STANDARD = set(vars(logging.makeLogRecord({}))) | {"message", "asctime", "color_message"}
@@ -23,11 +26,45 @@ class JsonFormatter(logging.Formatter):
         return json.dumps(entry, default=str)
 
 
+class BatchedStreamHandler(logging.StreamHandler):  # type: ignore[type-arg]
+    """Writes without flushing each line; the listener flushes once its queue is drained, so a burst of
+    access-log lines costs one write instead of one per request."""
+
+    def flush_if_idle(self, idle: bool) -> None:
+        if idle:
+            self.flush()
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            self.stream.write(self.format(record) + self.terminator)
+        except Exception:
+            self.handleError(record)
+
+
+class _Listener(logging.handlers.QueueListener):
+    def handle(self, record: logging.LogRecord) -> None:
+        super().handle(record)
+        for handler in self.handlers:
+            if isinstance(handler, BatchedStreamHandler):
+                handler.flush_if_idle(self.queue.empty())
+
+
+_listener: _Listener | None = None
+
+
 def configure_logging(level: str) -> None:
-    handler = logging.StreamHandler()
+    """JSON lines on stderr, formatted and written by a background thread: request handling only enqueues."""
+    global _listener
+    if _listener is not None:
+        _listener.stop()
+    handler = BatchedStreamHandler()
     handler.setFormatter(JsonFormatter())
+    records: queue.SimpleQueue[logging.LogRecord] = queue.SimpleQueue()
+    _listener = _Listener(records, handler, respect_handler_level=False)
+    _listener.start()
+    atexit.register(_listener.stop)
     root = logging.getLogger()
-    root.handlers[:] = [handler]
+    root.handlers[:] = [logging.handlers.QueueHandler(records)]
     root.setLevel(level.upper())
     for name in ("uvicorn", "uvicorn.error"):
         logging.getLogger(name).handlers[:] = []
