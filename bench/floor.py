@@ -19,15 +19,15 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench.images import photo_like  # noqa: E402
-from service.config import Settings  # noqa: E402
-from service.contract import Task, from_metadata_props  # noqa: E402
-from service.payload import ImageSource  # noqa: E402
-from service.pipeline import StageTimes, decode_and_prepare  # noqa: E402
-from service.preprocess import Geometry  # noqa: E402
-from service.runtime import open_session  # noqa: E402
-from service.tasks.classification import top_k_classes  # noqa: E402
-from service.tasks.detection import DetectionQuery, select_detections  # noqa: E402
+from bench.images import photo_like
+from service.config import Settings
+from service.contract import Task, from_metadata_props
+from service.payload import ImageSource
+from service.pipeline import StageTimes, decode_and_prepare
+from service.preprocess import Geometry
+from service.runtime import open_session
+from service.tasks.classification import top_k_classes
+from service.tasks.detection import DetectionQuery, select_detections
 
 
 def output_decoder(metadata):  # type: ignore[no-untyped-def]

@@ -19,14 +19,14 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench.images import upscaled  # noqa: E402
-from service.config import Settings  # noqa: E402
-from service.contract import from_metadata_props  # noqa: E402
-from service.payload import ImageSource  # noqa: E402
-from service.pipeline import StageTimes, decode_and_prepare  # noqa: E402
-from service.runtime import open_session  # noqa: E402
-from service.tasks.classification import softmax  # noqa: E402
-from training.data.digits import load_digits_splits  # noqa: E402
+from bench.images import upscaled
+from service.config import Settings
+from service.contract import from_metadata_props
+from service.payload import ImageSource
+from service.pipeline import StageTimes, decode_and_prepare
+from service.runtime import open_session
+from service.tasks.classification import softmax
+from training.data.digits import load_digits_splits
 
 
 def main() -> None:

@@ -19,9 +19,9 @@ from fastapi.testclient import TestClient
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench.images import photo_like  # noqa: E402
-from service.app import create_app  # noqa: E402
-from service.config import Settings  # noqa: E402
+from bench.images import photo_like
+from service.app import create_app
+from service.config import Settings
 
 STAGES = ("decode", "preprocess", "queue", "inference", "postprocess", "serialize")
 

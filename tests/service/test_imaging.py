@@ -135,7 +135,9 @@ def photo_like(width: int, height: int) -> Image.Image:
     return Image.fromarray(np.stack([xx * 255 // width, yy * 255 // height, (xx + yy) % 256], -1).astype(np.uint8))
 
 
-@pytest.mark.parametrize(("min_side", "expected"), [(64, (160, 120)), (200, (320, 240)), (240, (320, 240)), (241, (640, 480))])
+@pytest.mark.parametrize(
+    ("min_side", "expected"), [(64, (160, 120)), (200, (320, 240)), (240, (320, 240)), (241, (640, 480))]
+)
 def test_jpeg_draft_decodes_at_reduced_scale_but_reports_the_sent_size(min_side: int, expected: tuple) -> None:
     data = png_bytes(photo_like(640, 480), "JPEG", quality=90)
     decoded = decode(data, mode="RGB", min_side=min_side)
