@@ -54,7 +54,7 @@ class Settings(BaseSettings):
     )
     max_images_per_request: int = Field(default=16, ge=1, description="repeated multipart `file` fields allowed")
     jpeg_draft: bool = Field(default=True, description="decode large JPEGs at reduced scale (DCT) for small inputs")
-    ort_intra_op_threads: int = Field(default=0, ge=0, description="ONNX Runtime intra-op threads; 0 = ORT's default")
+    ort_intra_op_threads: int = Field(default=0, ge=0, description="ONNX Runtime intra-op threads; 0 = half the cores")
     ort_inter_op_threads: int = Field(default=0, ge=0, description="ONNX Runtime inter-op threads (parallel mode)")
     ort_execution_mode: Literal["sequential", "parallel"] = Field(
         default="sequential", description="ONNX Runtime execution mode; parallel helps multi-branch graphs"

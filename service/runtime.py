@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -50,11 +51,16 @@ def usable_providers(preferred: list[str]) -> list[str]:
     return chosen
 
 
+def intra_op_threads(settings: Settings) -> int:
+    """0 means: half the cores, so ONNX Runtime and the decoding threads share the machine instead of
+    fighting over it (ORT's own default takes every core)."""
+    return settings.ort_intra_op_threads or max(1, (os.cpu_count() or 2) // 2)
+
+
 def open_session(path: Path, settings: Settings) -> ModelSession:
     options = ort.SessionOptions()
     options.graph_optimization_level = _GRAPH_LEVELS[settings.ort_graph_optimization]
-    if settings.ort_intra_op_threads:
-        options.intra_op_num_threads = settings.ort_intra_op_threads
+    options.intra_op_num_threads = intra_op_threads(settings)
     if settings.ort_inter_op_threads:
         options.inter_op_num_threads = settings.ort_inter_op_threads
     options.execution_mode = (ort.ExecutionMode.ORT_PARALLEL if settings.ort_execution_mode == "parallel"
