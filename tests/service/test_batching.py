@@ -176,3 +176,26 @@ def test_http_requests_share_onnx_runtime_runs(make_client, tiny_model_dir) -> N
     assert max(sizes) > 1, f"every request ran alone: {sizes}"
     metrics = client.get("/metrics").text
     assert f'stride_batch_size_count{{model="tiny"}} {float(len(sizes))}' in metrics
+
+
+def test_a_graph_exported_with_batch_one_serves_concurrent_requests(make_client, tmp_path) -> None:
+    from concurrent.futures import ThreadPoolExecutor
+
+    from tests.conftest import tiny_classifier_graph, tiny_metadata, write_model
+
+    graph = tiny_classifier_graph()
+    graph.graph.input[0].type.tensor_type.shape.dim[0].dim_value = 1  # fixed batch of one
+    graph.graph.output[0].type.tensor_type.shape.dim[0].dim_value = 1
+    write_model(tmp_path / "single.onnx", graph, tiny_metadata())
+    client = make_client(tmp_path)
+    entry = client.app.state.registry.get("single")
+    assert entry.session.fixed_batch == 1
+    image = png_bytes(Image.new("L", (8, 8), 0))
+
+    def post(_: int) -> str:
+        response = client.post("/v1/classify", content=image, headers={"content-type": "image/png"})
+        return response.json()["predictions"][0]["label"]
+
+    with ThreadPoolExecutor(8) as pool:
+        assert list(pool.map(post, range(16))) == ["dark"] * 16
+    assert "stride_batch_size_bucket{le=\"1.0\",model=\"single\"} 16.0" in client.get("/metrics").text
