@@ -15,6 +15,7 @@ from service.api import routes_classify, routes_dense, routes_health, routes_mod
 from service.api.error_handlers import install_error_handlers
 from service.api.middleware import RequestContextMiddleware
 from service.config import Settings, get_settings
+from service.logs import drain_logging
 from service.metrics import Metrics
 from service.registry import ModelRegistry, ModelStatus
 
@@ -37,6 +38,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             app.state.draining = True
             registry.close()
             app.state.executor.shutdown(wait=False, cancel_futures=True)
+            drain_logging()
 
     app = FastAPI(
         title="Stride",

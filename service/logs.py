@@ -71,3 +71,16 @@ def configure_logging(level: str) -> None:
         logging.getLogger(name).propagate = True
     # Stride writes its own access log line with the request id; uvicorn's would be a duplicate.
     logging.getLogger("uvicorn.access").disabled = True
+
+
+def drain_logging() -> None:
+    """At shutdown: write out every queued line, then log directly, so nothing is lost when the process
+    exits (uvicorn re-raises SIGTERM after its shutdown, and atexit handlers do not run then)."""
+    global _listener
+    if _listener is None:
+        return
+    _listener.stop()
+    _listener = None
+    handler = logging.StreamHandler()
+    handler.setFormatter(JsonFormatter())
+    logging.getLogger().handlers[:] = [handler]
