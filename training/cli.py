@@ -3,7 +3,11 @@
     python -m training bundle --models-dir models [--only lenet5]
     python -m training train --arch lenet5 --data digits --out runs/lenet5 [--epochs 100 --seed 0 ...]
     python -m training export runs/lenet5/checkpoint.pt --out models/lenet5.onnx [--card]
+    python -m training train --arch resnet --data path/to/class-folders --out runs/mine [--resume]
+    python -m training export runs/mine/checkpoint.pt --out models/mine.onnx [--quantize int8] [--fp16]
+    torchrun --nproc_per_node 2 -m training train ...   (DistributedDataParallel; see training/distributed.py)
     python -m training evaluate models/lenet5.onnx [--data digits]
+    python -m training train --task semantic_segmentation --data COCO_DIR --out runs/segmenter   (training/semantic.py)
 
 Every TrainConfig field is a `train` option (`--label-smoothing 0.1`, `--no-augment`, ...), generated from
 the dataclass so new hyperparameters need no CLI code. Architecture options go through
@@ -23,14 +27,18 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from training import distributed
 from training.bundle import BUNDLED, build_bundle, describe_machine
 from training.checkpoint import Checkpoint
 from training.data import DATASETS, DEFAULT_SPLIT_SEED, load_dataset
-from training.evaluate import EvalReport, evaluate_test_split, read_metadata
-from training.export import export_checkpoint
+from training.dense.cli import DENSE_BUNDLED, dense_main, run_dense_bundle, wants_dense
+from training.evaluate import EvalReport, evaluate_test_split, read_metadata, score_checkpoint
+from training.export import export_checkpoint, load_checkpoint_splits
 from training.models import ARCHS
-from training.report import CardContext, write_model_card
-from training.train import TrainConfig, train_checkpoint
+from training.quantize import export_fp16, export_int8
+from training.report import CardContext, plot_confusion_matrix, plot_training_curves, write_json, write_model_card
+from training.semantic import SEMANTIC_BUNDLED, run_semantic_bundle, semantic_main, wants_semantic
+from training.train import TrainConfig, choose_input_spec, train_checkpoint
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -39,6 +47,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     # torch's ONNX exporter warns once per torchvision op it cannot register; Stride does not use torchvision.
     logging.getLogger("torch.onnx._internal.exporter._registration").setLevel(logging.ERROR)
     argv = list(sys.argv[1:] if argv is None else argv)
+    if wants_semantic(argv):  # `train --task semantic_segmentation`, export/evaluate of semantic files
+        return semantic_main(argv)
+    if wants_dense(argv):  # `data scenes`, `train --task ...`, export/evaluate of dense files
+        return dense_main(argv)
     args = build_parser().parse_args(argv)
     args.argv = argv  # recorded in checkpoints so a run says how it was made
     return args.handler(args)
@@ -51,14 +63,19 @@ def build_parser() -> argparse.ArgumentParser:
     bundle = commands.add_parser("bundle", help="retrain, export and document every bundled model")
     bundle.add_argument("--models-dir", type=Path, default=Path("models"))
     bundle.add_argument(
-        "--only", action="append", choices=[r.name for r in BUNDLED], help="rebuild just this model (repeatable)"
+        "--only",
+        action="append",
+        choices=[r.name for r in BUNDLED] + list(DENSE_BUNDLED) + list(SEMANTIC_BUNDLED),
+        help="rebuild just this model (repeatable)",
     )
     bundle.add_argument("--no-progress", action="store_true", help="no progress bar")
     bundle.set_defaults(handler=run_bundle)
 
     train = commands.add_parser("train", help="train one model, write a checkpoint")
     train.add_argument("--arch", required=True, choices=sorted(ARCHS))
-    train.add_argument("--data", required=True, choices=sorted(DATASETS))
+    train.add_argument("--data", required=True, help=f"{' | '.join(sorted(DATASETS))} | DIR (class-per-folder images)")
+    train.add_argument("--image-size", type=int, default=0, help="input size for folder data (default: the arch's)")
+    train.add_argument("--resume", action="store_true", help="continue from --out/last.pt if it exists")
     train.add_argument("--split-seed", type=int, default=DEFAULT_SPLIT_SEED)
     train.add_argument("--out", type=Path, required=True, help="run folder: checkpoint.pt, metrics.jsonl")
     train.add_argument(
@@ -77,11 +94,13 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument("--out", type=Path, required=True, help="e.g. models/NAME.onnx")
     export.add_argument("--model-version", default="1.0.0")
     export.add_argument("--card", action="store_true", help="also write the model card folder next to --out")
+    export.add_argument("--quantize", choices=["int8"], help="also write NAME-int8.onnx (ORT static QDQ quantisation)")
+    export.add_argument("--fp16", action="store_true", help="also write NAME-fp16.onnx (for GPU providers)")
     export.set_defaults(handler=run_export)
 
     evaluate = commands.add_parser("evaluate", help="held-out test metrics of an ONNX model via ONNX Runtime")
     evaluate.add_argument("model", type=Path)
-    evaluate.add_argument("--data", default="digits", choices=sorted(DATASETS))
+    evaluate.add_argument("--data", default="digits", help=f"{' | '.join(sorted(DATASETS))} | DIR")
     evaluate.add_argument("--split-seed", type=int, default=DEFAULT_SPLIT_SEED)
     evaluate.add_argument("--json", action="store_true", help="print the full report as JSON")
     evaluate.set_defaults(handler=run_evaluate)
@@ -121,29 +140,55 @@ def parse_arch_options(pairs: Sequence[str]) -> dict[str, Any]:
 
 
 def run_bundle(args: argparse.Namespace) -> int:
-    for result in build_bundle(args.models_dir, args.only, progress=not args.no_progress):
+    semantic = [n for n in args.only if n in SEMANTIC_BUNDLED] if args.only else list(SEMANTIC_BUNDLED)
+    if semantic:
+        run_semantic_bundle(args.models_dir, semantic, progress=not args.no_progress)
+    if args.only:
+        args.only = [n for n in args.only if n not in SEMANTIC_BUNDLED]
+        if not args.only:
+            return 0  # only semantic models were asked for
+    classic = [n for n in args.only if n not in DENSE_BUNDLED] if args.only else None
+    dense = [n for n in args.only if n in DENSE_BUNDLED] if args.only else list(DENSE_BUNDLED)
+    for result in build_bundle(args.models_dir, classic, progress=not args.no_progress) if classic != [] else []:
         print(
             f"{result.path}: test accuracy {result.test.accuracy:.4f} via ONNX Runtime "
             f"({result.test.samples - result.test.errors}/{result.test.samples}), "
             f"parity {result.parity_max_abs_diff:.1e}, {result.file_bytes:,} bytes"
         )
+    if dense:
+        run_dense_bundle(args.models_dir, dense, progress=not args.no_progress)
     return 0
 
 
 def run_train(args: argparse.Namespace) -> int:
     config = TrainConfig(**{f.name: getattr(args, f.name) for f in dataclasses.fields(TrainConfig)})
-    splits = load_dataset(args.data, args.split_seed)
-    args.out.mkdir(parents=True, exist_ok=True)
-    checkpoint = train_checkpoint(
-        args.arch,
-        splits,
-        config,
-        parse_arch_options(args.arch_option),
-        log_path=args.out / "metrics.jsonl",
-        progress=not args.no_progress,
-    )
+    ctx = distributed.setup()  # joins the process group under torchrun; a no-op otherwise
+    try:
+        splits = load_dataset(args.data, args.split_seed)
+        args.out.mkdir(parents=True, exist_ok=True)
+        checkpoint = train_checkpoint(
+            args.arch,
+            splits,
+            config,
+            parse_arch_options(args.arch_option),
+            input_spec=choose_input_spec(args.arch, splits, args.image_size),
+            log_path=args.out / "metrics.jsonl",
+            progress=not args.no_progress,
+            state_path=args.out / "last.pt",
+            resume=args.resume,
+        )
+        ctx.barrier()
+    finally:
+        distributed.teardown()
+    if not ctx.is_main:
+        return 0  # rank 0 writes the checkpoint
     checkpoint.summary["command"] = shlex.join(["python", "-m", "training", *args.argv])
     path = checkpoint.save(args.out / "checkpoint.pt")
+    if splits.extra.get("kind") == "folders":
+        write_json(args.out / "split.json", splits.split_record())
+        plot_training_curves(checkpoint.history, checkpoint.summary["best_epoch"], args.out / "training_curves.png")
+        val_report = score_checkpoint(checkpoint, splits.val.images, splits.val.targets)
+        plot_confusion_matrix(val_report, args.out / "confusion_matrix.png", f"validation ({val_report.accuracy:.2%})")
     s = checkpoint.summary
     print(
         f"{path}: best epoch {s['best_epoch']}/{s['epochs_run']}, val accuracy {s['best_val_accuracy']:.4f}, "
@@ -154,12 +199,20 @@ def run_train(args: argparse.Namespace) -> int:
 
 def run_export(args: argparse.Namespace) -> int:
     checkpoint = Checkpoint.load(args.checkpoint)
-    splits = load_dataset(checkpoint.data["name"], checkpoint.data["split_seed"])
+    splits = load_checkpoint_splits(checkpoint)
     result = export_checkpoint(checkpoint, args.out, splits, model_version=args.model_version)
     print(
         f"{result.path}: test accuracy {result.test.accuracy:.4f} via ONNX Runtime, "
         f"parity {result.parity_max_abs_diff:.1e}, {result.file_bytes:,} bytes ({result.exporter} exporter)"
     )
+    variants = []
+    if args.quantize == "int8":
+        variants.append(export_int8(checkpoint, result.path, splits))
+    if args.fp16:
+        variants.append(export_fp16(checkpoint, result.path, splits))
+    for variant in variants:
+        accuracy = f"test accuracy {variant.test.accuracy:.4f} via ONNX Runtime" if variant.test else "not run on CPU"
+        print(f"{variant.path}: {variant.precision}, {accuracy}, {variant.file_bytes:,} bytes")
     if args.card:
         folder = args.out.with_suffix("")
         export_command = shlex.join(["python", "-m", "training", *args.argv])
@@ -170,7 +223,7 @@ def run_export(args: argparse.Namespace) -> int:
             config_rationale="chosen by whoever ran the training command above",
             machine=describe_machine(),
         )
-        write_model_card(folder, checkpoint, splits, result, context)
+        write_model_card(folder, checkpoint, splits, result, context, variants)
         print(f"model card: {folder}/README.md")
     return 0
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import onnx
@@ -85,6 +86,16 @@ def score(logits: np.ndarray, targets: np.ndarray, labels: list[str]) -> EvalRep
         },
         confusion=confusion_matrix(targets, predicted, labels=classes).tolist(),
     )
+
+
+def score_checkpoint(checkpoint: Any, images: list[Image.Image], targets: np.ndarray) -> EvalReport:
+    """Metrics of a training checkpoint's PyTorch model (before export), e.g. on the validation split."""
+    import torch
+
+    x = torch.from_numpy(render_batch(images, checkpoint.input_spec))
+    with torch.no_grad():
+        logits = checkpoint.build_model()(x).numpy()
+    return score(logits, targets, checkpoint.labels)
 
 
 def evaluate_onnx(

@@ -202,6 +202,23 @@ def verify_saved(path: Path, expected: ModelMetadata) -> None:
             raise ExportError(f"golden sample {n}: max abs diff {diff:.3g} > atol {meta.golden.atol}")
 
 
+def load_checkpoint_splits(checkpoint: Checkpoint) -> ImageSplits:
+    """The data split a checkpoint was trained on, rebuilt from its source; for a folder dataset the
+    file lists must match the ones recorded at training time (files added or removed since: an error)."""
+    splits = load_dataset(checkpoint.data["name"], checkpoint.data["split_seed"])
+    recorded = checkpoint.data.get("split")
+    if recorded is not None:
+        files = splits.extra["files"]
+        for part in ("train", "val", "test"):
+            now = [files[i] for i in getattr(splits, part).source_indices]  # type: ignore[index]
+            if now != list(recorded[part]):
+                raise ExportError(
+                    f"the {part} files under {checkpoint.data['name']} differ from those recorded in the "
+                    "checkpoint; export from the data as it was at training time"
+                )
+    return splits
+
+
 def export_checkpoint(
     checkpoint: Checkpoint,
     out_path: str | Path,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -17,6 +18,7 @@ from training.checkpoint import Checkpoint
 from training.data import ImageSplits
 from training.evaluate import EvalReport
 from training.export import OPSET, ExportResult
+from training.flops import count_flops
 from training.models import get_arch
 
 
@@ -40,7 +42,8 @@ def plot_training_curves(history: list[dict[str, float]], best_epoch: int, path:
     ax_loss.set(xlabel="epoch", ylabel="cross-entropy", title="Loss", ylim=(0, None))
     ax_acc.plot(epochs, [r["train_accuracy"] for r in history], label="train (augmented)")
     ax_acc.plot(epochs, [r["val_accuracy"] for r in history], label="validation")
-    ax_acc.set(xlabel="epoch", ylabel="accuracy", title="Accuracy", ylim=(0.8, 1.005))
+    lowest = min(min(r["train_accuracy"], r["val_accuracy"]) for r in history)
+    ax_acc.set(xlabel="epoch", ylabel="accuracy", title="Accuracy", ylim=(min(0.8, lowest - 0.02), 1.005))
     for ax in (ax_loss, ax_acc):
         ax.axvline(best_epoch, color="grey", linestyle="--", linewidth=1, label=f"kept (epoch {best_epoch})")
         ax.grid(alpha=0.3)
@@ -82,11 +85,22 @@ def _write_json(path: Path, data: Any) -> None:
     path.write_text(text + "\n")
 
 
+write_json = _write_json  # public name for other modules (cli writes split.json next to checkpoints)
+
+
 def write_model_card(
-    folder: Path, checkpoint: Checkpoint, splits: ImageSplits, export: ExportResult, context: CardContext
+    folder: Path,
+    checkpoint: Checkpoint,
+    splits: ImageSplits,
+    export: ExportResult,
+    context: CardContext,
+    variants: Sequence[Any] = (),
 ) -> None:
+    """`variants`: training.quantize.VariantResult of reduced-precision files written next to the model."""
     folder.mkdir(parents=True, exist_ok=True)
     summary = checkpoint.summary
+    spec = checkpoint.input_spec
+    flops = count_flops(checkpoint.build_model(), (spec.channels, spec.height, spec.width))
     plot_training_curves(checkpoint.history, summary["best_epoch"], folder / "training_curves.png")
     test = export.test
     plot_confusion_matrix(
@@ -103,6 +117,15 @@ def write_model_card(
             "test": test.to_dict(),
             "parity_max_abs_diff_vs_pytorch": export.parity_max_abs_diff,
             "parameters": export.parameters,
+            "flops_per_image": flops,
+            "variants": {
+                v.precision: {
+                    "file": v.path.name,
+                    "file_bytes": v.file_bytes,
+                    "test": v.test.to_dict() if v.test else None,
+                }
+                for v in variants
+            },
             "file_bytes": export.file_bytes,
             "exporter": export.exporter,
             "training": {**summary, "machine": context.machine},
@@ -111,10 +134,40 @@ def write_model_card(
             "history": checkpoint.history,
         },
     )
-    (folder / "README.md").write_text(render_card(checkpoint, splits, export, context))
+    (folder / "README.md").write_text(render_card(checkpoint, splits, export, context, flops, variants))
 
 
-def render_card(checkpoint: Checkpoint, splits: ImageSplits, export: ExportResult, context: CardContext) -> str:
+def render_variants(variants: Sequence[Any], export: ExportResult) -> str:
+    if not variants:
+        return ""
+    rows = "\n".join(
+        f"| `{v.path.name}` | {v.precision} | "
+        + (f"{v.test.accuracy:.4f} ({v.test.samples - v.test.errors}/{v.test.samples})" if v.test else "not run")
+        + f" | {v.file_bytes:,} | {v.metadata.golden.atol:g} |"
+        for v in variants
+    )
+    return f"""
+## Reduced-precision variants
+
+Each is a complete model with its own metadata (`precision`), golden samples and golden tolerance.
+int8: ONNX Runtime static quantisation (QDQ, per-channel int8 weights, uint8 activations calibrated on
+256 training images). Accuracy measured with ONNX Runtime on the same held-out test images.
+
+| file | precision | test accuracy | bytes | golden atol |
+|---|---|---|---|---|
+| `{export.path.name}` | fp32 | {export.test.accuracy:.4f} | {export.file_bytes:,} | {export.metadata.golden.atol:g} |
+{rows}
+"""
+
+
+def render_card(
+    checkpoint: Checkpoint,
+    splits: ImageSplits,
+    export: ExportResult,
+    context: CardContext,
+    flops: int | None = None,
+    variants: Sequence[Any] = (),
+) -> str:
     arch = get_arch(checkpoint.arch)
     s, test, spec, hp = checkpoint.summary, export.test, checkpoint.input_spec, checkpoint.train_config
     per_class = "\n".join(
@@ -123,11 +176,27 @@ def render_card(checkpoint: Checkpoint, splits: ImageSplits, export: ExportResul
     )
     hyper = "\n".join(f"| `{k}` | `{v}` |" for k, v in hp.items())
     options = "\n".join(f"| `{k}` | `{v}` |" for k, v in checkpoint.arch_config.items())
+    crop = (
+        f"random resized crop (area {hp.get('crop_min_area')}-1, aspect 3/4-4/3)"
+        + (", horizontal flip" if hp.get("hflip") else "")
+        + (f", brightness/contrast/saturation jitter ±{hp.get('jitter')}" if hp.get("jitter") else "")
+    )
     augmentation = (
-        f"random rotation ±{hp['max_rotation']}°, scale ±{hp['max_scale'] * 100:.0f}%, translation "
-        f"±{hp['max_translate'] * 100:.0f}% of the image size, on the rendered input tensors"
-        if hp.get("augment")
-        else "none"
+        crop
+        if hp.get("augment") and hp.get("augmentation") == "crop"
+        else (
+            f"random rotation ±{hp['max_rotation']}°, scale ±{hp['max_scale'] * 100:.0f}%, translation "
+            f"±{hp['max_translate'] * 100:.0f}% of the image size, on the rendered input tensors"
+            if hp.get("augment")
+            else "none"
+        )
+    )
+    flops_line = (
+        f"\nFLOPs per image: **{flops:,}** (2 × the multiply-accumulates of every convolution, linear layer "
+        "and matrix product, counted by `training.flops` on a real forward pass; pooling, activations and "
+        "normalisation not counted)."
+        if flops is not None
+        else ""
     )
     return f"""# {context.name} — {arch.title}
 
@@ -165,7 +234,7 @@ training nor for picking the epoch). The same numbers are embedded in the model'
 
 Parameters: **{export.parameters:,}** (weights and biases that can affect the output; weights masked
 out by a fixed connection table are not counted). ONNX file: {export.file_bytes:,} bytes, opset
-{OPSET}, dynamic batch axis, {export.exporter} exporter.
+{OPSET}, dynamic batch axis, {export.exporter} exporter.{flops_line}
 
 ## Input
 
@@ -210,4 +279,4 @@ CPUs or thread counts can differ in floating-point rounding and so in the last f
 ![training curves](training_curves.png)
 
 Per-epoch numbers and the full evaluation are in [metrics.json](metrics.json).
-"""
+{render_variants(variants, export)}"""
