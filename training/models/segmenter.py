@@ -14,7 +14,7 @@ which keeps the thin limbs of the stick figures and the corners of the shapes sh
 
 Deviations from the paper: padded ("same") convolutions so the output has the input's size (the paper
 crops), BatchNorm after every convolution, bilinear upsampling instead of learned up-convolutions, and
-far fewer channels (16-96 instead of 64-1024): the scenes are small and training has to fit on two CPU
+far fewer channels (8-128 over five levels instead of 64-1024): the scenes are small and training has to fit on two CPU
 cores.
 """
 
