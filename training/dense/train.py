@@ -31,6 +31,7 @@ class DenseTrainConfig:
     max_minutes: float = 18.0  # stop early (keeping the cosine schedule's end) if the wall clock runs out
     threads: int = 1  # torch intra-op threads (1: robust when other jobs share the CPU); 0 = torch's default
     kpt_weight: float = 4.0  # weight of the joint L1 loss (in strides per joint)
+    init: str = ""  # start from this checkpoint's weights (a second, low-learning-rate stage)
 
 
 def task_classes(data: CocoDataset, task: str) -> tuple[list[dict], dict[int, int]]:
@@ -77,6 +78,8 @@ def train_dense(task: str, data_dir: Path, out_dir: Path, config: DenseTrainConf
     mcfg = DenseConfig(task=task, num_classes=len(cats), input_size=spec.height, joints=joints,
                        **(model_overrides or {}))
     model = DenseModel(mcfg)
+    if config.init:
+        model.load_state_dict(torch.load(config.init, map_location="cpu", weights_only=False)["state_dict"])
     t0 = time.time()
     samples = load_samples(data, task, spec, mcfg.prototype_stride)
     log.info("loaded %d samples in %.1f s", len(samples), time.time() - t0)
@@ -98,7 +101,13 @@ def train_dense(task: str, data_dir: Path, out_dir: Path, config: DenseTrainConf
             return config.lr * (step + 1) / warm
         return config.lr * 0.5 * (1 + math.cos(math.pi * min(1.0, progress(step)))) + 1e-5
 
-    history = []
+    history: list[dict] = []
+    earlier_seconds = 0.0
+    if config.init:  # continue the first stage's record, so the card shows the whole run
+        first = torch.load(config.init, map_location="cpu", weights_only=False)
+        history = [dict(row, stage=1) for row in first.get("history", [])]
+        earlier_seconds = float(first.get("train_seconds", 0.0))
+    offset = len(history)
     log_path = out_dir / "metrics.jsonl"
     log_path.write_text("")
     start = time.time()
@@ -124,7 +133,7 @@ def train_dense(task: str, data_dir: Path, out_dir: Path, config: DenseTrainConf
             for name, v in losses.items():
                 sums[name] = sums.get(name, 0.0) + float(v.detach())
         nb = max(1, k + 1)
-        row = {"epoch": epoch + 1, "step": step, "seconds": round(time.time() - start, 1),
+        row = {"epoch": offset + epoch + 1, "step": step, "seconds": round(time.time() - start, 1),
                **{f"loss_{n}": v / nb for n, v in sums.items()}}
         history.append(row)
         with log_path.open("a") as f:
@@ -133,7 +142,7 @@ def train_dense(task: str, data_dir: Path, out_dir: Path, config: DenseTrainConf
         if progress(step) >= 1.0 and step < total:
             log.warning("time budget of %.1f min reached after epoch %d", config.max_minutes, epoch + 1)
             break
-    seconds = time.time() - start
+    seconds = time.time() - start + earlier_seconds
     model.eval()
     path = out_dir / "checkpoint.pt"
     torch.save({
