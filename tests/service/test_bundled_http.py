@@ -58,3 +58,84 @@ def test_lenet5_reads_held_out_digits_over_http(bundled) -> None:
                                 headers={"content-type": "image/png"})
         correct += response.json()["predictions"][0]["class_id"] == int(target)
     assert correct >= 39
+
+
+def scenes(count: int, seed: int = 4242):
+    import io
+
+    import numpy as np
+
+    from training.data.scenes import render_scene
+
+    rng = np.random.default_rng(seed)
+    for _ in range(count):
+        image, annotations, semantic = render_scene(rng, 160, 120)
+        buffer = io.BytesIO()
+        image.save(buffer, format="PNG")
+        yield buffer.getvalue(), annotations, semantic
+
+
+def iou(a: dict, b: list[float]) -> float:
+    x1, y1, x2, y2 = max(a["x1"], b[0]), max(a["y1"], b[1]), min(a["x2"], b[0] + b[2]), min(a["y2"], b[1] + b[3])
+    inter = max(0.0, x2 - x1) * max(0.0, y2 - y1)
+    union = (a["x2"] - a["x1"]) * (a["y2"] - a["y1"]) + b[2] * b[3] - inter
+    return inter / union if union else 0.0
+
+
+def test_detector_finds_the_objects_of_generated_scenes(bundled) -> None:
+    labels = ["circle", "square", "triangle", "person"]
+    found = total = 0
+    for data, annotations, _ in scenes(12):
+        detections = bundled.post("/v1/detect?model=detector", content=data,
+                                  headers={"content-type": "image/png"}).json()["detections"]
+        for annotation in annotations:
+            total += 1
+            label = labels[annotation["category_id"] - 1]
+            found += any(d["label"] == label and iou(d["box"], annotation["bbox"]) >= 0.5 for d in detections)
+    assert total > 20 and found / total >= 0.85, f"{found}/{total}"
+
+
+def test_instance_masks_and_semantic_maps_match_generated_ground_truth(bundled) -> None:
+    import base64
+    import io
+
+    import numpy as np
+    from PIL import Image
+    from pycocotools import mask as coco_mask
+
+    accuracies, mask_ious = [], []
+    for data, annotations, semantic in scenes(6, seed=77):
+        body = bundled.post("/v1/segment?model=segmenter", content=data, headers={"content-type": "image/png"}).json()
+        ids = np.asarray(Image.open(io.BytesIO(base64.b64decode(body["segmentation"]["data"]))))
+        accuracies.append(float((ids == semantic).mean()))
+        instances = bundled.post("/v1/segment?model=instance_seg", content=data,
+                                 headers={"content-type": "image/png"}).json()["instances"]
+        for annotation in annotations:
+            truth = semantic == annotation["category_id"]  # this class's visible pixels in the scene
+            best = 0.0
+            for instance in instances:
+                mask = coco_mask.decode({"size": instance["mask"]["size"],
+                                         "counts": instance["mask"]["counts"].encode()}).astype(bool)
+                inside = np.zeros_like(truth)
+                x, y, w, h = (int(round(v)) for v in annotation["bbox"])
+                inside[y : y + h, x : x + w] = True
+                best = max(best, float((mask & truth & inside).sum() / max(1, ((mask | truth) & inside).sum())))
+            mask_ious.append(best)
+    assert np.mean(accuracies) >= 0.97
+    assert np.median(mask_ious) >= 0.6
+
+
+def test_keypoints_of_generated_figures_land_near_their_joints(bundled) -> None:
+    import numpy as np
+
+    errors = []
+    for data, annotations, _ in scenes(10, seed=99):
+        people = bundled.post("/v1/keypoints?model=keypoints", content=data,
+                              headers={"content-type": "image/png"}).json()["instances"]
+        for annotation in (a for a in annotations if a.get("num_keypoints", 0) >= 10):
+            truth = np.asarray(annotation["keypoints"], dtype=float).reshape(-1, 3)
+            visible = truth[:, 2] == 2
+            best = min((np.linalg.norm(np.asarray([[j["x"], j["y"]] for j in p["keypoints"]])[visible]
+                                       - truth[visible, :2], axis=1).mean() for p in people), default=np.inf)
+            errors.append(best)
+    assert len(errors) >= 5 and np.median(errors) <= 4.0, errors
