@@ -117,7 +117,7 @@ def test_instance_masks_and_semantic_maps_match_generated_ground_truth(bundled) 
                 mask = coco_mask.decode({"size": instance["mask"]["size"],
                                          "counts": instance["mask"]["counts"].encode()}).astype(bool)
                 inside = np.zeros_like(truth)
-                x, y, w, h = (int(round(v)) for v in annotation["bbox"])
+                x, y, w, h = (round(v) for v in annotation["bbox"])
                 inside[y : y + h, x : x + w] = True
                 best = max(best, float((mask & truth & inside).sum() / max(1, ((mask | truth) & inside).sum())))
             mask_ious.append(best)
