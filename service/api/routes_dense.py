@@ -234,9 +234,10 @@ def _semantic_response(request: Request, entry: ModelEntry, prepared: Prepared, 
     meta = entry.metadata
     assert meta is not None
     labels = meta.labels
-    ids = class_map(logits, prepared.geometry).ids
+    classes = class_map(logits, prepared.geometry)
+    ids = classes.ids
     height, width = ids.shape
-    fractions = np.bincount(ids.ravel(), minlength=len(labels)) / max(1, ids.size)
+    fractions = classes.fractions(len(labels))
     present = [int(c) for c in np.argsort(-fractions, kind="stable") if fractions[c] > 0]
     presence = [ClassPresence(class_id=c, label=labels[c] if c < len(labels) else str(c),
                               pixel_fraction=float(fractions[c])) for c in present]
