@@ -149,7 +149,7 @@ def test_sigterm_drains_without_failing_requests(tiny_model_dir: Path) -> None:
 
     assert ready_status == 503 and "draining" in ready_body["reason"]
     drain_ended = sigterm_at + drain
-    before = [outcome for sent, outcome in outcomes if sent < drain_ended - 0.1]
+    before = [outcome for sent, outcome in outcomes if sent < drain_ended - 0.25]  # margin: loaded CI hosts
     failed = [outcome for outcome in before if outcome != "ok"]
     assert len(before) > 20, "the load generator sent too few requests to prove anything"
     assert not failed, f"{len(failed)} of {len(before)} requests sent before the drain ended failed: {failed[:3]}"
