@@ -23,8 +23,6 @@ import io
 import json
 import logging
 import math
-import os
-import platform
 import shlex
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -50,6 +48,7 @@ from service.contract import (
     Task,
 )
 from service.preprocess import Geometry, prepare
+from training.bundle import describe_machine
 from training.export import (
     OPSET,
     png_base64,
@@ -924,17 +923,6 @@ so an idle machine is faster. Other CPUs or thread counts can differ in floating
 
 Per-epoch numbers, the confusion matrix and the full evaluation are in [metrics.json](metrics.json).
 """
-
-
-def describe_machine() -> str:
-    cpu = platform.processor() or platform.machine()
-    cpuinfo = Path("/proc/cpuinfo")
-    if cpuinfo.exists():
-        for line in cpuinfo.read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    return f"{cpu}, {os.cpu_count()} cores ({platform.system()} {platform.machine()})"
 
 
 # ---------------------------------------------------------------------------------------------- bundle
