@@ -2,7 +2,9 @@
 
 One inference thread per model takes the oldest waiting tensor, adds whatever else is already queued
 (up to `max_batch_size`), and waits up to `max_wait_ms` for more only while other requests for the model
-are still being decoded, so a lone request never waits. Admission is bounded: when `max_queue` requests
+are still being decoded, so a lone request never waits. A batch holds tensors of one shape only: a
+dynamic-shape graph (Ultralytics' minimal-rectangle letterbox) gets same-shape groups, the others wait
+for the next run in arrival order; padding them to one shape would change their answers. Admission is bounded: when `max_queue` requests
 are in flight for a model, the next one is refused at once (503) instead of piling up.
 """
 
@@ -13,6 +15,7 @@ import logging
 import queue
 import threading
 import time
+from collections import deque
 from collections.abc import Callable
 from concurrent.futures import Future
 from dataclasses import dataclass, field
@@ -69,6 +72,7 @@ class DynamicBatcher:
         self._max_batch = fixed_batch if fixed_batch else policy.max_batch_size
         self._stats = stats or BatchStats()
         self._queue: queue.SimpleQueue[_Item | None] = queue.SimpleQueue()
+        self._held: deque[_Item] = deque()  # taken from the queue but of another shape than the batch; batcher thread only
         self._admitted = 0  # requests admitted and not yet finished (decoding, queued or running)
         self._preparing = 0  # admitted requests still being decoded: the ones worth waiting for
         self._queued = 0
@@ -126,7 +130,7 @@ class DynamicBatcher:
 
     def _loop(self) -> None:
         while True:
-            first = self._queue.get()
+            first = self._held.popleft() if self._held else self._queue.get()
             if first is None:
                 return
             batch = self._gather(first)
@@ -140,6 +144,10 @@ class DynamicBatcher:
 
     def _gather(self, first: _Item) -> list[_Item]:
         batch = [first]
+        shape = first.tensor.shape
+        held, self._held = self._held, deque()
+        for item in held:
+            (batch if item.tensor.shape == shape and len(batch) < self._max_batch else self._held).append(item)
         wait_until = time.perf_counter() + self.policy.max_wait_ms / 1000.0
         while len(batch) < self._max_batch:
             try:
@@ -155,9 +163,12 @@ class DynamicBatcher:
             if item is None:
                 self._queue.put(None)  # finish this batch, then stop
                 break
+            if item.tensor.shape != shape:
+                self._held.append(item)
+                continue
             batch.append(item)
         with self._lock:
-            self._queued -= len(batch)
+            self._queued -= len(batch)  # held items stay counted as queued
             self._stats.on_depth(self._queued)
         return batch
 

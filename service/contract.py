@@ -29,7 +29,7 @@ class Task(StrEnum):
 class ResizePolicy(StrEnum):
     STRETCH = "stretch"  # resize both axes to the input size, aspect ratio not kept
     LETTERBOX = "letterbox"  # keep aspect ratio, pad the rest with pad_value, image centred
-    CENTER_CROP = "center_crop"  # resize the short side, then crop the centre
+    CENTER_CROP = "center_crop"  # resize the short side (torchvision's Resize(int)), then crop the centre
 
 
 class Interpolation(StrEnum):
@@ -55,7 +55,18 @@ class InputSpec(_Strict):
     channels: Literal[1, 3]
     resize: ResizePolicy
     interpolation: Interpolation = Interpolation.BILINEAR
+    antialias: bool = Field(
+        default=True,
+        description="true: Pillow's resampling (antialiased when shrinking, as torchvision on PIL images); "
+        "false: OpenCV's cv2.resize (bilinear without antialiasing, as Ultralytics)",
+    )
+    channel_order: Literal["RGB", "BGR"] = Field(default="RGB", description="channel order of 3-channel inputs")
     pad_value: int = Field(default=0, ge=0, le=255, description="letterbox fill, in 8-bit pixel units")
+    pad_to_stride: int | None = Field(
+        default=None, gt=0,
+        description="dynamic-shape letterbox: pad only to the next multiple of this stride, not to the full "
+        "input size (Ultralytics' minimal rectangle); height and width are then the largest size",
+    )
     crop_fraction: float = Field(default=1.0, gt=0.0, le=1.0, description="center_crop: crop / resized size")
     scale: float = Field(default=1.0 / 255.0, description="multiplies 8-bit pixels before mean/std")
     mean: tuple[float, ...]
@@ -84,7 +95,13 @@ OutputKind = Literal[
     "mask_coefficients",  # [batch, candidate, prototype]
     "mask_prototypes",  # [batch, prototype, height / stride, width / stride]: mask = sigmoid(coeffs @ protos)
     "keypoints",  # [batch, candidate, joint, 3]: x, y in model-input pixels, visibility probability
+    # Ultralytics YOLO layouts (family "ultralytics"; decoded as its predictor does):
+    "yolo_candidates",  # [batch, 4 + classes (+ extra), candidate]: cx, cy, w, h, class scores, extra
+    "yolo_end2end",  # [batch, max_det, 6 (+ extra)]: x1, y1, x2, y2, score, class, extra (NMS done in the graph)
 ]
+
+
+YOLO_KINDS = ("yolo_candidates", "yolo_end2end")
 
 
 class OutputSpec(_Strict):
@@ -99,8 +116,12 @@ class DetectionSpec(_Strict):
     """Detection-style heads (detection, instance segmentation, keypoints): one candidate per feature-map
     cell; the service filters by score, runs NMS and maps boxes back to the original image."""
 
-    strides: list[int] = Field(min_length=1, description="feature-map strides of the candidates, in order")
+    strides: list[int] = Field(default_factory=list, description="feature-map strides of the candidates, in order")
     candidates: int | None = Field(default=None, description="candidates per image at the input size")
+    confidence: float = Field(default=0.25, ge=0, le=1, description="default score threshold of requests")
+    iou: float = Field(default=0.45, ge=0, le=1, description="default NMS IoU threshold of requests")
+    max_detections: int = Field(default=100, ge=1, le=1000, description="default cap on answers per image")
+    rotated: bool = Field(default=False, description="oriented boxes: candidates carry an angle (radians)")
 
 
 class MaskSpec(_Strict):
@@ -165,6 +186,9 @@ class ModelMetadata(_Strict):
             Task.KEYPOINTS: ("boxes", "scores", "keypoints"),
         }
         kinds = {o.kind for o in self.outputs}
+        if kinds & set(YOLO_KINDS):
+            # One Ultralytics tensor carries boxes, scores and the extras; segmenters add the prototypes.
+            needs = {task: ("mask_prototypes",) if task is Task.INSTANCE_SEGMENTATION else () for task in needs}
         missing = [kind for kind in needs[self.task] if kind not in kinds]
         if missing:
             raise ValueError(f"a {self.task} model needs outputs of kind {missing}")

@@ -12,14 +12,17 @@ import time
 from collections.abc import Callable
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import TypeVar
+from typing import TYPE_CHECKING, TypeVar
 
 import numpy as np
 
-from service.contract import InputSpec, ModelMetadata, ResizePolicy
+from service.contract import InputSpec, ResizePolicy
 from service.imaging import DecodedImage, decode_image
 from service.payload import ImageSource
-from service.preprocess import Geometry, prepare
+from service.preprocess import Geometry
+
+if TYPE_CHECKING:
+    from service.families import ServedModel
 
 T = TypeVar("T")
 
@@ -65,14 +68,15 @@ def draft_min_side(spec: InputSpec) -> int:
     return side
 
 
-def decode_and_prepare(source: ImageSource, metadata: ModelMetadata, *, max_pixels: int, jpeg_draft: bool,
+def decode_and_prepare(source: ImageSource, model: ServedModel, *, max_pixels: int, jpeg_draft: bool,
                        times: StageTimes) -> Prepared:
-    spec = metadata.input
+    spec = model.metadata.input
+    draft = jpeg_draft and model.allows_jpeg_draft
     with times.measure("decode"):
         decoded = decode_image(source.load(), mode=spec.color_mode, max_pixels=max_pixels,
-                               min_side=draft_min_side(spec) if jpeg_draft else None)
+                               min_side=draft_min_side(spec) if draft else None)
     with times.measure("preprocess"):
-        tensor, geometry = prepare(decoded.image, spec, original_size=(decoded.width, decoded.height))
+        tensor, geometry = model.prepare(decoded)
     return Prepared(decoded, tensor, geometry)
 
 

@@ -8,11 +8,17 @@ from __future__ import annotations
 
 from dataclasses import dataclass, replace
 
+import cv2
 import numpy as np
 from PIL import Image
 
 from service.contract import InputSpec, Interpolation, ResizePolicy
 
+_CV2_INTERPOLATION = {
+    Interpolation.NEAREST: cv2.INTER_NEAREST,
+    Interpolation.BILINEAR: cv2.INTER_LINEAR,
+    Interpolation.BICUBIC: cv2.INTER_CUBIC,
+}
 _RESAMPLE = {
     Interpolation.NEAREST: Image.Resampling.NEAREST,
     Interpolation.BILINEAR: Image.Resampling.BILINEAR,
@@ -44,32 +50,49 @@ def resize_to_input(image: Image.Image, spec: InputSpec) -> tuple[Image.Image, G
         raise ValueError(f"image mode {image.mode} does not match the model's {spec.color_mode}")
     w, h = image.size
     out_w, out_h = spec.width, spec.height
-    resample = _RESAMPLE[spec.interpolation]
 
     if spec.resize is ResizePolicy.STRETCH:
-        resized = image if (w, h) == (out_w, out_h) else image.resize((out_w, out_h), resample)
+        resized = image if (w, h) == (out_w, out_h) else _resize(image, (out_w, out_h), spec)
         return resized, Geometry(w, h, out_w, out_h, out_w / w, out_h / h, 0.0, 0.0)
 
     if spec.resize is ResizePolicy.LETTERBOX:
         ratio = min(out_w / w, out_h / h)
         new_w, new_h = max(1, round(w * ratio)), max(1, round(h * ratio))
-        left, top = (out_w - new_w) // 2, (out_h - new_h) // 2
+        if spec.pad_to_stride:  # the minimal rectangle: pad only up to the next multiple of the stride
+            out_w = new_w + (out_w - new_w) % spec.pad_to_stride
+            out_h = new_h + (out_h - new_h) % spec.pad_to_stride
+        left, top = (out_w - new_w) // 2, (out_h - new_h) // 2  # = round(pad / 2 - 0.1), as Ultralytics
         canvas = Image.new(spec.color_mode, (out_w, out_h), _fill(spec))
-        canvas.paste(image.resize((new_w, new_h), resample), (left, top))
+        canvas.paste(image if (w, h) == (new_w, new_h) else _resize(image, (new_w, new_h), spec), (left, top))
         return canvas, Geometry(w, h, out_w, out_h, new_w / w, new_h / h, float(left), float(top))
 
-    # CENTER_CROP: cover the input (divided by crop_fraction), then take the centre.
-    ratio = max(out_w / w, out_h / h) / spec.crop_fraction
-    new_w, new_h = max(out_w, round(w * ratio)), max(out_h, round(h * ratio))
-    left, top = (new_w - out_w) // 2, (new_h - out_h) // 2
-    cropped = image.resize((new_w, new_h), resample).crop((left, top, left + out_w, top + out_h))
+    # CENTER_CROP as torchvision's Resize(int(size / crop_fraction)) + CenterCrop(size): the short side to
+    # that size (the long side truncated), then the centre; a non-square input stretches to the scaled size.
+    if out_w == out_h:
+        short = int(out_w / spec.crop_fraction)
+        new_w, new_h = (short, int(short * h / w)) if w <= h else (int(short * w / h), short)
+    else:
+        new_w, new_h = int(out_w / spec.crop_fraction), int(out_h / spec.crop_fraction)
+    left, top = int(round((new_w - out_w) / 2.0)), int(round((new_h - out_h) / 2.0))
+    resized = image if (w, h) == (new_w, new_h) else _resize(image, (new_w, new_h), spec)
+    cropped = resized.crop((left, top, left + out_w, top + out_h))
     return cropped, Geometry(w, h, out_w, out_h, new_w / w, new_h / h, float(-left), float(-top))
+
+
+def _resize(image: Image.Image, size: tuple[int, int], spec: InputSpec) -> Image.Image:
+    """Pillow's antialiased resampling, or OpenCV's plain interpolation (what Ultralytics feeds its models)."""
+    if spec.antialias:
+        return image.resize(size, _RESAMPLE[spec.interpolation])
+    resized = cv2.resize(np.asarray(image), size, interpolation=_CV2_INTERPOLATION[spec.interpolation])
+    return Image.fromarray(resized)
 
 
 def to_tensor(image: Image.Image, spec: InputSpec) -> np.ndarray:
     """A resized image -> float32 array [C, H, W], scaled and normalised."""
     pixels = np.asarray(image, dtype=np.float32)
     chw = pixels[np.newaxis] if pixels.ndim == 2 else pixels.transpose(2, 0, 1)
+    if spec.channel_order == "BGR" and spec.channels == 3:
+        chw = chw[::-1]
     mean = np.asarray(spec.mean, dtype=np.float32).reshape(-1, 1, 1)
     std = np.asarray(spec.std, dtype=np.float32).reshape(-1, 1, 1)
     return np.ascontiguousarray((chw * np.float32(spec.scale) - mean) / std, dtype=np.float32)

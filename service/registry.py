@@ -6,6 +6,7 @@ of service; it never stops the others from loading.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import threading
 import time
@@ -17,7 +18,8 @@ from pathlib import Path
 from service import errors
 from service.batching import BatchPolicy, BatchStats, DynamicBatcher
 from service.config import Settings
-from service.contract import ContractError, ModelMetadata, Task, from_metadata_props
+from service.contract import ContractError, ModelMetadata, Task
+from service.families import ServedModel, recognise
 from service.golden import GoldenDrift, verify_golden
 from service.runtime import ModelSession, open_session
 
@@ -38,6 +40,7 @@ class ModelEntry:
     status: ModelStatus = ModelStatus.LOADING
     reason: str | None = None
     metadata: ModelMetadata | None = None
+    model: ServedModel | None = None  # the file as its family understands it (set once recognised)
     session: ModelSession | None = None
     batcher: DynamicBatcher | None = None
     load_seconds: float | None = None
@@ -49,6 +52,21 @@ class ModelEntry:
     @property
     def task(self) -> Task | None:
         return self.metadata.task if self.metadata else None
+
+    @property
+    def family(self) -> str | None:
+        return self.model.family if self.model else None
+
+    @property
+    def metadata_source(self) -> str | None:
+        return self.model.source if self.model else None
+
+    @property
+    def ready_model(self) -> ServedModel:
+        """The served model of a ready entry (resolve() only hands out ready entries)."""
+        if self.model is None or self.batcher is None:
+            raise errors.model_unavailable(self.name, self.reason or "not loaded")
+        return self.model
 
 
 @dataclass
@@ -82,7 +100,10 @@ class ModelRegistry:
         started = time.perf_counter()
         try:
             session = open_session(entry.path, self.settings)
-            metadata = from_metadata_props(session.custom_metadata)
+            model = recognise(entry.path, session)
+            metadata = model.metadata
+            session = session_in_contract_order(session, metadata)
+            entry.model = model
             if metadata.precision == "fp16" and session.provider == "CPUExecutionProvider":
                 entry.metadata = metadata
                 entry.status = ModelStatus.UNAVAILABLE
@@ -90,7 +111,8 @@ class ModelRegistry:
                                 "CPUExecutionProvider (serve the fp32 or int8 variant here)")
                 log.warning("model %s unavailable: %s", entry.name, entry.reason)
                 return
-            check_input_shape(session, metadata)
+            if model.family != "ultralytics":
+                check_input_shape(session, metadata)
             if self.settings.verify_golden:
                 verify_golden(session, metadata)
             policy = BatchPolicy(**self.settings.batch_policy_for(entry.name))  # type: ignore[arg-type]
@@ -168,6 +190,14 @@ class ModelRegistry:
         if ModelStatus.READY not in statuses:
             return False, f"no model is usable; failed: {', '.join(failed)}"
         return True, "ok"
+
+
+def session_in_contract_order(session: ModelSession, metadata: ModelMetadata) -> ModelSession:
+    """Run the outputs in the order the contract lists them (a description may list them in any order)."""
+    wanted = tuple(spec.name for spec in metadata.outputs)
+    if set(wanted) <= set(session.output_names) and wanted != session.output_names[: len(wanted)]:
+        return dataclasses.replace(session, output_names=wanted)
+    return session
 
 
 def check_input_shape(session: ModelSession, metadata: ModelMetadata) -> None:

@@ -31,8 +31,11 @@ class ModelSession:
     output_names: tuple[str, ...]
     provider: str  # the provider ONNX Runtime actually placed the session on
     custom_metadata: dict[str, str]
+    input_dtype: np.dtype = np.dtype(np.float32)  # float16 for half-precision exports
 
     def run(self, batch: np.ndarray) -> list[np.ndarray]:
+        if batch.dtype != self.input_dtype:
+            batch = batch.astype(self.input_dtype)
         return self.session.run(list(self.output_names), {self.input_name: batch})
 
     @property
@@ -80,4 +83,5 @@ def open_session(path: Path, settings: Settings) -> ModelSession:
         output_names=tuple(o.name for o in session.get_outputs()),
         provider=session.get_providers()[0],
         custom_metadata=dict(session.get_modelmeta().custom_metadata_map),
+        input_dtype=np.dtype(np.float16 if inputs[0].type == "tensor(float16)" else np.float32),
     )

@@ -45,6 +45,9 @@ class ModelInfo(BaseModel):
     masks: MaskSpec | None = Field(default=None, description="instance masks: prototype stride and count")
     keypoints: KeypointSpec | None = Field(default=None, description="joint names and skeleton")
     file: str
+    family: str | None = Field(default=None, description="how the file was understood: stride, ultralytics")
+    metadata_source: str | None = Field(
+        default=None, description="where the contract came from: embedded, ultralytics metadata, sidecar NAME.yaml")
 
 
 class ModelList(BaseModel):
@@ -78,11 +81,23 @@ class Box(BaseModel):
     y2: float
 
 
+class RotatedBox(BaseModel):
+    """An oriented box (models with rotated boxes, e.g. YOLO-OBB); `box` beside it encloses it."""
+
+    cx: float
+    cy: float
+    width: float
+    height: float
+    angle: float = Field(description="radians, in [0, pi/2)")
+    corners: list[list[float]] = Field(description="the four corners as [x, y], in order around the box")
+
+
 class Detection(BaseModel):
     class_id: int
     label: str
     score: float
     box: Box = Field(description="in pixels of the original, EXIF-upright image")
+    obb: RotatedBox | None = Field(default=None, description="the rotated box, for models that give one")
 
 
 class DetectResponse(BaseModel):

@@ -32,6 +32,8 @@ def model_info(entry: ModelEntry) -> ModelInfo:
         masks=meta.masks if meta else None,
         keypoints=meta.keypoints if meta else None,
         file=entry.path.name,
+        family=entry.family,
+        metadata_source=entry.metadata_source,
     )
 
 

@@ -20,7 +20,7 @@ class DetectionQuery:
 
 
 @dataclass(frozen=True, slots=True)
-class Detections:
+class Selection:
     """Kept candidates, sorted by score (highest first)."""
 
     indices: np.ndarray  # [M] candidate index into the model's outputs
@@ -33,16 +33,17 @@ class Detections:
         return int(self.indices.size)
 
 
-def select_detections(boxes: np.ndarray, scores: np.ndarray, geometry: Geometry,
-                      query: DetectionQuery) -> Detections:
+def select_detections(boxes: np.ndarray, scores: np.ndarray, geometry: Geometry, query: DetectionQuery, *,
+                      strict: bool = False) -> Selection:
     """`boxes` [N, 4] x1y1x2y2 and `scores` [N, C] of one image -> the detections to report.
 
     Each candidate keeps its best class (as single-label detectors do at inference), then the score
-    threshold and class filter apply, then class-aware NMS, then the cap.
+    threshold (`strict`: score > confidence, as Ultralytics) and class filter apply, then class-aware
+    NMS, then the cap.
     """
     class_ids = np.argmax(scores, axis=1) if scores.size else np.zeros(0, dtype=np.int64)
     best = scores[np.arange(len(scores)), class_ids] if scores.size else np.zeros(0, dtype=np.float32)
-    keep = best >= query.confidence
+    keep = best > query.confidence if strict else best >= query.confidence
     if query.classes is not None:
         keep &= np.isin(class_ids, list(query.classes))
     candidates = np.flatnonzero(keep)
@@ -50,7 +51,7 @@ def select_detections(boxes: np.ndarray, scores: np.ndarray, geometry: Geometry,
                         query.iou, query.max_detections, query.agnostic)
     chosen = candidates[order]
     kept_boxes = boxes[chosen].astype(np.float64).reshape(-1, 4)
-    return Detections(
+    return Selection(
         indices=chosen,
         class_ids=class_ids[chosen],
         scores=best[chosen].astype(np.float64),

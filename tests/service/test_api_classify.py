@@ -140,7 +140,7 @@ def test_image_over_the_pixel_limit_is_413(make_client, tiny_model_dir) -> None:
 
 
 def test_slow_request_is_504(make_client, tiny_model_dir, monkeypatch) -> None:
-    import service.api.common as common
+    import service.engine as common
 
     original = common.decode_and_prepare
 

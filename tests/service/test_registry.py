@@ -25,7 +25,8 @@ def test_good_model_loads_on_cpu(tiny_model_dir: Path) -> None:
 def test_model_without_metadata_is_failed_with_a_reason(tmp_path: Path) -> None:
     write_model(tmp_path / "bare.onnx", tiny_classifier_graph(), None)
     entry = load(tmp_path).get("bare")
-    assert entry.status is ModelStatus.FAILED and "no Stride metadata" in (entry.reason or "")
+    assert entry.status is ModelStatus.FAILED
+    assert "bare.yaml" in entry.reason and "python -m service inspect bare.onnx" in entry.reason
 
 
 def test_golden_drift_refuses_the_model(tmp_path: Path) -> None:
