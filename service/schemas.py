@@ -88,7 +88,7 @@ class RotatedBox(BaseModel):
     cy: float
     width: float
     height: float
-    angle: float = Field(description="radians, in [0, pi/2)")
+    angle: float = Field(description="radians, as the model gives it (rotation of width from the x axis)")
     corners: list[list[float]] = Field(description="the four corners as [x, y], in order around the box")
 
 

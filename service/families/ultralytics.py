@@ -9,7 +9,8 @@ holds its own answers, and the tests compare against them):
 - candidates `[B, 4 + nc + extra, N]` (cx, cy, w, h in input pixels; sigmoid scores): score > conf (strict),
   best class, class-aware NMS, max_det; end-to-end files `[B, max_det, 6 + extra]` are only filtered;
 - masks: coefficients x prototypes, cropped to the box at prototype resolution, bilinear upsample to the
-  input, > 0; then the letterbox undone with a bilinear resize and > 0.5; empty masks drop their instance;
+  input, > 0, cropped to the box; then the letterbox undone with a bilinear resize and > 0.5; an empty
+  mask drops its instance (box too);
 - keypoints decoded in the graph (x, y, visibility); oriented boxes NMS-ed with probabilistic IoU.
 """
 
@@ -33,11 +34,11 @@ from service.contract import (
     Task,
 )
 from service.families.base import ClassifyQuery, Query, ServedModel, top_k
-from service.imaging import DecodedImage
 from service.preprocess import Geometry
 from service.results import Detections, TaskResult, rotated_corners
 from service.tasks import rotated as rotated_boxes
 from service.tasks.detection import DetectionQuery, select_detections
+from service.tasks.geometry import boxes_to_original
 from service.tasks.masks import LocalMask
 
 # Ultralytics' own predictor defaults (ultralytics/cfg/default.yaml).
@@ -90,13 +91,9 @@ class UltralyticsModel(ServedModel):
         self.end2end = end2end
         self.extra = extra  # columns after the class scores: mask coefficients, K*3 keypoints or the angle
 
-    # --- preprocessing ----------------------------------------------------------------------------
-
-    def prepare(self, decoded: DecodedImage) -> tuple[np.ndarray, Geometry]:
-        tensor, geometry = super().prepare(decoded)
-        if self.metadata.input.resize is ResizePolicy.LETTERBOX:
-            geometry = letterbox_geometry(geometry)
-        return tensor, geometry
+    # Preprocessing is the shared one: the contract says letterbox (cv2, grey 114, minimal rectangle for
+    # dynamic shapes) or centre crop, and its geometry (a gain per axis, pad = round(margin / 2 - 0.1)) is
+    # exactly Ultralytics' scale_boxes.
 
     # --- decoding ---------------------------------------------------------------------------------
 
@@ -115,13 +112,12 @@ class UltralyticsModel(ServedModel):
             found = select_detections(boxes_xyxy, scores, geometry, query, strict=True)
             chosen, boxes_in, kept_scores, class_ids = found.indices, found.boxes_input, found.scores, found.class_ids
         extras = rows[chosen, rows.shape[1] - self.extra:] if self.extra else None
-        boxes = _clip(_to_original(boxes_in, geometry), geometry)
+        boxes = boxes_to_original(boxes_in, geometry)
         masks = keypoints = None
         if self.yolo_task == "segment":
             assert extras is not None
-            masks = prototype_masks(extras, outputs[1], boxes_in, geometry)
-            kept = np.asarray([m.pixels.any() for m in masks], dtype=bool)  # Ultralytics drops empty masks
-            masks = [m for m, k in zip(masks, kept, strict=True) if k]
+            masks, kept = prototype_masks(extras, outputs[1], boxes_in, geometry)
+            masks = [m for m, k in zip(masks, kept, strict=True) if k]  # Ultralytics drops empty masks
             boxes, kept_scores, class_ids = boxes[kept], kept_scores[kept], class_ids[kept]
         if self.yolo_task == "pose":
             assert extras is not None
@@ -162,13 +158,12 @@ class UltralyticsModel(ServedModel):
             order = rotated_boxes.rotated_nms(shifted, scores[candidates], query.iou)[: query.max_detections]
             chosen = candidates[order]
             xywhr, scores, class_ids = xywhr[order], scores[chosen], class_ids[chosen]
-        xywhr = rotated_boxes.regularize(xywhr)
+        # Back to original pixels as Ultralytics' scale_boxes(xywh=True): pad off the centre, each axis
+        # divided by its gain, no clipping, the angle as the head gave it.
         xywhr[:, 0] = (xywhr[:, 0] - geometry.offset_x) / geometry.scale_x
         xywhr[:, 1] = (xywhr[:, 1] - geometry.offset_y) / geometry.scale_y
-        xywhr[:, 2:4] /= geometry.scale_x
-        # Ultralytics clips the xywh columns as if they were corners; kept so answers stay equal to its own.
-        xywhr[:, [0, 2]] = np.clip(xywhr[:, [0, 2]], 0, geometry.original_width)
-        xywhr[:, [1, 3]] = np.clip(xywhr[:, [1, 3]], 0, geometry.original_height)
+        xywhr[:, 2] /= geometry.scale_x
+        xywhr[:, 3] /= geometry.scale_y
         corners = rotated_corners(xywhr)
         enclosing = np.concatenate([corners.min(axis=1), corners.max(axis=1)], axis=1) if len(xywhr) else \
             np.zeros((0, 4))
@@ -190,22 +185,6 @@ def xywh_to_xyxy(boxes: np.ndarray) -> np.ndarray:
     return out
 
 
-def letterbox_geometry(geometry: Geometry) -> Geometry:
-    """The mapping Ultralytics' scale_boxes uses: one gain for both axes, pad = round(margin / 2 - 0.1)."""
-    w, h = geometry.original_width, geometry.original_height
-    gain = min(geometry.input_height / h, geometry.input_width / w)
-    pad_x = round((geometry.input_width - w * gain) / 2 - 0.1)
-    pad_y = round((geometry.input_height - h * gain) / 2 - 0.1)
-    return Geometry(w, h, geometry.input_width, geometry.input_height, gain, gain, float(pad_x), float(pad_y))
-
-
-def _to_original(boxes: np.ndarray, geometry: Geometry) -> np.ndarray:
-    out = boxes.astype(np.float64).copy()
-    out[:, [0, 2]] = (out[:, [0, 2]] - geometry.offset_x) / geometry.scale_x
-    out[:, [1, 3]] = (out[:, [1, 3]] - geometry.offset_y) / geometry.scale_y
-    return out
-
-
 def _clip(boxes: np.ndarray, geometry: Geometry) -> np.ndarray:
     boxes[:, [0, 2]] = np.clip(boxes[:, [0, 2]], 0, geometry.original_width)
     boxes[:, [1, 3]] = np.clip(boxes[:, [1, 3]], 0, geometry.original_height)
@@ -220,59 +199,50 @@ def _keypoints_to_original(keypoints: np.ndarray, geometry: Geometry) -> np.ndar
 
 
 def prototype_masks(coefficients: np.ndarray, prototypes: np.ndarray, boxes_input: np.ndarray,
-                    geometry: Geometry) -> list[LocalMask]:
+                    geometry: Geometry) -> tuple[list[LocalMask], np.ndarray]:
     """Ultralytics' two-stage masks, computed only around each box.
 
-    Stage 1 (input space, `process_mask`): logits = coefficients @ prototypes, zeroed outside the box
-    scaled to prototype pixels, bilinearly upsampled to the input size, > 0. Stage 2 (`scale_image`): the
-    letterbox padding cropped and the binary mask resized bilinearly to the original size, > 0.5.
-    Both resamplings are evaluated at exactly the pixels the full-size versions would compute, but only
-    for the box's neighbourhood, so memory follows the boxes, not the photo.
+    Stage 1 (input space, `process_mask`): logits = coefficients @ prototypes, bilinearly upsampled to the
+    input size (align_corners=False), > 0, then cropped to the input-space box (pixel index x1 <= c < x2).
+    Stage 2 (`scale_masks`): the letterbox padding cut off, the binary mask resized bilinearly to the
+    original size, > 0.5. Both resamplings are evaluated at exactly the pixels the full-size versions would
+    compute, but only in each box's neighbourhood, so memory follows the boxes, not the photo.
+    Returns the masks and, per mask, whether it has any pixel at input scale (Ultralytics drops the others).
     """
     count, proto_h, proto_w = prototypes.shape
     in_w, in_h = geometry.input_width, geometry.input_height
     flat = prototypes.reshape(count, -1).astype(np.float32)
-    # The part of the input that holds the image (what scale_image keeps), and its scale to the original.
-    pad_x = (in_w - geometry.original_width * geometry.scale_x) / 2
-    pad_y = (in_h - geometry.original_height * geometry.scale_y) / 2
-    left, top = round(pad_x - 0.1), round(pad_y - 0.1)
-    right, bottom = in_w - round(pad_x + 0.1), in_h - round(pad_y + 0.1)
-    sx, sy = (right - left) / geometry.original_width, (bottom - top) / geometry.original_height
-    masks = []
+    # The image's part of the input (what scale_masks keeps) and its size there.
+    left, top = int(geometry.offset_x), int(geometry.offset_y)
+    kept_w = max(1, round(geometry.original_width * geometry.scale_x))
+    kept_h = max(1, round(geometry.original_height * geometry.scale_y))
+    to_kept_x, to_kept_y = kept_w / geometry.original_width, kept_h / geometry.original_height
+    masks, nonempty = [], []
     for coeffs, box in zip(coefficients.astype(np.float32), boxes_input, strict=True):
-        logits = (coeffs @ flat).reshape(proto_h, proto_w)
-        logits = _crop_to_box(logits, box * np.array([proto_w / in_w, proto_h / in_h] * 2))
-        # Original pixels whose value can be non-zero: the box, grown by one prototype cell.
-        margin = max(in_w / proto_w, in_h / proto_h) + 1
-        x0 = max(0, math.floor((box[0] - margin - geometry.offset_x) / geometry.scale_x))
-        y0 = max(0, math.floor((box[1] - margin - geometry.offset_y) / geometry.scale_y))
-        x1 = min(geometry.original_width, math.ceil((box[2] + margin - geometry.offset_x) / geometry.scale_x))
-        y1 = min(geometry.original_height, math.ceil((box[3] + margin - geometry.offset_y) / geometry.scale_y))
+        # Original pixels whose value can be non-zero: the box mapped back, grown by a pixel of the input.
+        x0 = max(0, math.floor((box[0] - 1 - left) / to_kept_x))
+        y0 = max(0, math.floor((box[1] - 1 - top) / to_kept_y))
+        x1 = min(geometry.original_width, math.ceil((box[2] + 1 - left) / to_kept_x) + 1)
+        y1 = min(geometry.original_height, math.ceil((box[3] + 1 - top) / to_kept_y) + 1)
         if x1 <= x0 or y1 <= y0:
             masks.append(LocalMask(np.zeros((0, 0), dtype=bool), x0, y0))
+            nonempty.append(False)
             continue
-        # Stage 2 samples the input-space mask at u = left + (x + 0.5) * sx - 0.5 (cv2.resize's centres,
-        # edges replicated inside the kept part).
-        u = np.clip(left + (np.arange(x0, x1) + 0.5) * sx - 0.5, left, right - 1)
-        v = np.clip(top + (np.arange(y0, y1) + 0.5) * sy - 0.5, top, bottom - 1)
-        ix0, ix1 = math.floor(u[0]), min(right - 1, math.floor(u[-1]) + 1)
-        iy0, iy1 = math.floor(v[0]), min(bottom - 1, math.floor(v[-1]) + 1)
-        # Stage 1 at the input pixels [ix0, ix1] x [iy0, iy1]: torch's bilinear, align_corners=False.
-        px = (np.arange(ix0, ix1 + 1) + 0.5) * (proto_w / in_w) - 0.5
-        py = (np.arange(iy0, iy1 + 1) + 0.5) * (proto_h / in_h) - 0.5
-        binary = (_bilinear(logits, np.clip(px, 0, None), np.clip(py, 0, None)) > 0).astype(np.float32)
-        values = _bilinear(binary, u - ix0, v - iy0)
+        # Stage 2 reads the kept part at u = (x + 0.5) * kept / original - 0.5 (edges replicated).
+        u = np.clip((np.arange(x0, x1) + 0.5) * to_kept_x - 0.5, 0, kept_w - 1) + left
+        v = np.clip((np.arange(y0, y1) + 0.5) * to_kept_y - 0.5, 0, kept_h - 1) + top
+        cols = np.arange(math.floor(u[0]), min(left + kept_w - 1, math.floor(u[-1]) + 1) + 1)
+        rows = np.arange(math.floor(v[0]), min(top + kept_h - 1, math.floor(v[-1]) + 1) + 1)
+        # Stage 1 at those input pixels only.
+        logits = (coeffs @ flat).reshape(proto_h, proto_w)
+        px = np.clip((cols + 0.5) * (proto_w / in_w) - 0.5, 0, None)
+        py = np.clip((rows + 0.5) * (proto_h / in_h) - 0.5, 0, None)
+        inside = ((rows >= box[1]) & (rows < box[3]))[:, None] & ((cols >= box[0]) & (cols < box[2]))[None, :]
+        binary = ((_bilinear(logits, px, py) > 0) & inside).astype(np.float32)
+        values = _bilinear(binary, u - cols[0], v - rows[0])
         masks.append(LocalMask(values > 0.5, x0, y0))
-    return masks
-
-
-def _crop_to_box(logits: np.ndarray, box: np.ndarray) -> np.ndarray:
-    """Zero outside the box, cell centres compared as Ultralytics' crop_mask does (x1 <= c < x2)."""
-    h, w = logits.shape
-    cols, rows = np.arange(w, dtype=np.float64), np.arange(h, dtype=np.float64)
-    inside_x = (cols >= box[0]) & (cols < box[2])
-    inside_y = (rows >= box[1]) & (rows < box[3])
-    return logits * (inside_y[:, None] & inside_x[None, :])
+        nonempty.append(bool(binary.any()))  # the cols/rows span covers the whole box at input scale
+    return masks, np.asarray(nonempty, dtype=bool)
 
 
 def _bilinear(grid: np.ndarray, xs: np.ndarray, ys: np.ndarray) -> np.ndarray:

@@ -7,8 +7,6 @@ distance between the two Gaussians stands in for IoU.
 
 from __future__ import annotations
 
-import math
-
 import numpy as np
 
 _EPS = 1e-7
@@ -38,21 +36,12 @@ def probiou(first: np.ndarray, second: np.ndarray) -> np.ndarray:
 
 
 def rotated_nms(boxes: np.ndarray, scores: np.ndarray, iou_threshold: float) -> np.ndarray:
-    """Kept indices, highest score first. A box is dropped when any higher-scoring box overlaps it by
-    `iou_threshold` or more, whether or not that box was itself kept (the one-pass "fast NMS" YOLO-OBB
+    """Kept indices, highest score first. A box is dropped when any higher-scoring box overlaps it by more
+    than `iou_threshold`, whether or not that box was itself kept (the one-pass "fast NMS" YOLO-OBB
     uses: its answers are the reference, so the rule is the same)."""
     if boxes.size == 0:
         return np.zeros(0, dtype=np.int64)
     order = np.argsort(-scores, kind="stable")
     ious = np.triu(probiou(boxes[order], boxes[order]), k=1)
-    keep = ~(ious >= iou_threshold).any(axis=0)
+    keep = ~(ious > iou_threshold).any(axis=0)
     return order[keep]
-
-
-def regularize(boxes: np.ndarray) -> np.ndarray:
-    """Angles into [0, pi/2), swapping width and height where the angle says so."""
-    out = boxes.copy()
-    swap = np.mod(boxes[:, 4], math.pi) >= math.pi / 2
-    out[swap, 2], out[swap, 3] = boxes[swap, 3], boxes[swap, 2]
-    out[:, 4] = np.mod(boxes[:, 4], math.pi / 2)
-    return out
