@@ -70,7 +70,7 @@ def imagenet_by_hand(image: Image.Image) -> np.ndarray:
     new_short, new_long = 256, int(256 * long / short)
     size = (new_short, new_long) if w <= h else (new_long, new_short)
     resized = image.resize(size, Image.Resampling.BILINEAR)
-    left, top = int(round((size[0] - 224) / 2.0)), int(round((size[1] - 224) / 2.0))
+    left, top = round((size[0] - 224) / 2.0), round((size[1] - 224) / 2.0)
     crop = np.asarray(resized.crop((left, top, left + 224, top + 224)), dtype=np.float32) / 255.0
     return ((crop - IMAGENET_MEAN) / IMAGENET_STD).transpose(2, 0, 1)[None].astype(np.float32)
 
@@ -92,7 +92,7 @@ def test_described_classifier_answers_equal_the_preprocessing_done_by_hand(make_
     logits = session.run(None, {"input": imagenet_by_hand(image)})[0][0].astype(np.float64)
     expected = np.exp(logits - logits.max()) / np.exp(logits - logits.max()).sum()
     got = {p["class_id"]: p["score"] for p in answer.json()["predictions"]}
-    assert [p["label"] for p in answer.json()["predictions"]][0] == LABELS[int(np.argmax(expected))]
+    assert next(p["label"] for p in answer.json()["predictions"]) == LABELS[int(np.argmax(expected))]
     for class_id, score in got.items():
         assert score == pytest.approx(expected[class_id], abs=1e-5)
 
@@ -144,7 +144,8 @@ def test_described_detector_in_the_stride_layout(make_client, tmp_path: Path) ->
     image = png_bytes(Image.new("RGB", (128, 128), (90, 90, 90)))
     found = client.post("/v1/detect?model=det", files={"file": ("x.png", image)}).json()["detections"]
     assert [(d["label"], d["box"]) for d in found] == [
-        ("cat", {"x1": 16.0, "y1": 32.0, "x2": 48.0, "y2": 96.0}), ("dog", {"x1": 80.0, "y1": 16.0, "x2": 112.0, "y2": 48.0})]
+        ("cat", {"x1": 16.0, "y1": 32.0, "x2": 48.0, "y2": 96.0}),
+        ("dog", {"x1": 80.0, "y1": 16.0, "x2": 112.0, "y2": 48.0})]
     # The description's own default confidence (0.5) applies when the request sets none; a request overrides it.
     assert len(client.post("/v1/detect?model=det&confidence=0.85", files={"file": ("x.png", image)}).json()[
         "detections"]) == 1
