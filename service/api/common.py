@@ -3,13 +3,19 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from typing import Any, TypeVar
 
 from fastapi import Request, Response
 from pydantic import BaseModel, TypeAdapter
 
+from service.api import annotate
+from service.api.inputs import read_image_sources
+from service.engine import Answer
 from service.errors import ErrorResponse
+from service.families import Query
 from service.pipeline import StageTimes
+from service.registry import ModelEntry
 
 R = TypeVar("R")
 
@@ -44,6 +50,23 @@ IMAGE_REQUEST_BODY: dict[str, Any] = {
         },
     }
 }
+
+
+async def answer_images(request: Request, entry: ModelEntry, query: Query, to_answer: Callable[[Answer], BaseModel],
+                        fmt: str = "json") -> Response:
+    """Read the request's images, run them through the engine, answer JSON (one object, or a list for
+    several images) or, with format=png|jpeg, the picture with the answer drawn."""
+    annotate.check_format(fmt)
+    settings = request.app.state.settings
+    sources = await read_image_sources(request, settings.max_images_per_request)
+    annotate.check_one_image(fmt, sources)
+    engine = request.app.state.engine
+    if fmt == "json":
+        answers, times = await engine.infer(entry, sources, query, to_answer)
+        return json_response(request, entry.name, answers[0] if len(answers) == 1 else answers, times)
+    finish = annotate.drawing(sources[0], fmt, settings.max_image_pixels, to_answer)
+    pictures, times = await engine.infer(entry, sources, query, finish)
+    return Response(pictures[0], media_type=annotate.media_type(fmt), headers={"Server-Timing": times.server_timing()})
 
 
 def json_response(request: Request, model_name: str, body: BaseModel | list[Any], times: StageTimes) -> Response:

@@ -7,9 +7,9 @@ from typing import Annotated
 from fastapi import APIRouter, Query, Request, Response
 
 from service.api import encode
-from service.api.common import ERROR_RESPONSES, IMAGE_REQUEST_BODY, json_response
+from service.api.annotate import Format
+from service.api.common import ERROR_RESPONSES, IMAGE_REQUEST_BODY, answer_images
 from service.api.context import request_id, tag_model
-from service.api.inputs import read_image_sources
 from service.api.params import ModelName
 from service.contract import Task
 from service.families import ClassifyQuery
@@ -31,11 +31,10 @@ async def classify(
     request: Request,
     model: ModelName = None,
     top_k: Annotated[int, Query(ge=1, le=1000, description="how many classes to return")] = 5,
+    format: Format = "json",
 ) -> Response:
     entry = request.app.state.registry.resolve(model, Task.CLASSIFICATION)
     tag_model(request, entry.name)
     metadata, rid = entry.ready_model.metadata, request_id(request)
-    sources = await read_image_sources(request, request.app.state.settings.max_images_per_request)
-    answers, times = await request.app.state.engine.infer(
-        entry, sources, ClassifyQuery(top_k), lambda answer: encode.classification(entry.name, metadata, rid, answer))
-    return json_response(request, entry.name, answers[0] if len(answers) == 1 else answers, times)
+    return await answer_images(request, entry, ClassifyQuery(top_k),
+                               lambda answer: encode.classification(entry.name, metadata, rid, answer), format)

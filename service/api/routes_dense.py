@@ -8,9 +8,9 @@ from fastapi import APIRouter, Query, Request, Response
 
 from service import errors
 from service.api import encode
-from service.api.common import ERROR_RESPONSES, IMAGE_REQUEST_BODY, json_response
+from service.api.annotate import Format
+from service.api.common import ERROR_RESPONSES, IMAGE_REQUEST_BODY, answer_images
 from service.api.context import request_id, tag_model
-from service.api.inputs import read_image_sources
 from service.api.params import Agnostic, Classes, Confidence, Iou, MaxDetections, ModelName, class_filter
 from service.contract import ModelMetadata, Task
 from service.engine import detection_query
@@ -34,11 +34,12 @@ def _query(metadata: ModelMetadata, confidence: float | None, iou: float | None,
              openapi_extra=IMAGE_REQUEST_BODY, summary="Detect objects: boxes (and rotated boxes), labels and scores")
 async def detect(request: Request, model: ModelName = None, confidence: Confidence = None, iou: Iou = None,
                  max_detections: MaxDetections = None, classes: Classes = None,
-                 agnostic: Agnostic = False) -> Response:
+                 agnostic: Agnostic = False, format: Format = "json") -> Response:
     entry = _resolve(request, model, Task.DETECTION, Task.INSTANCE_SEGMENTATION, Task.KEYPOINTS)
     meta, rid = entry.ready_model.metadata, request_id(request)
     query = _query(meta, confidence, iou, max_detections, classes, agnostic)
-    return await _answer(request, entry, query, lambda answer: encode.detect(entry.name, meta, rid, answer))
+    return await answer_images(request, entry, query, lambda answer: encode.detect(entry.name, meta, rid, answer),
+                               format)
 
 
 @router.post("/segment",
@@ -50,19 +51,19 @@ async def segment(request: Request, model: ModelName = None, confidence: Confide
                   max_detections: MaxDetections = None, classes: Classes = None, agnostic: Agnostic = False,
                   mask_format: Annotated[MaskFormat | None, Query(
                       description="instance masks: rle (default), polygon or png; semantic maps: png (default) "
-                      "or rle (one per present class)")] = None) -> Response:
+                      "or rle (one per present class)")] = None, format: Format = "json") -> Response:
     entry = _resolve(request, model, Task.INSTANCE_SEGMENTATION, Task.SEMANTIC_SEGMENTATION)
     meta, rid = entry.ready_model.metadata, request_id(request)
     if meta.task is Task.SEMANTIC_SEGMENTATION:
         if mask_format == "polygon":
             raise errors.invalid_parameter("mask_format", "a semantic model answers in png or rle")
         fmt = mask_format or "png"
-        return await _answer(request, entry, SemanticQuery(),
-                             lambda answer: encode.semantic(entry.name, meta, rid, answer, fmt))
+        return await answer_images(request, entry, SemanticQuery(),
+                                   lambda answer: encode.semantic(entry.name, meta, rid, answer, fmt), format)
     query = _query(meta, confidence, iou, max_detections, classes, agnostic)
     budget = request.app.state.settings.max_response_bytes
-    return await _answer(request, entry, query, lambda answer: encode.instances(
-        entry.name, meta, rid, answer, mask_format or "rle", budget))
+    return await answer_images(request, entry, query, lambda answer: encode.instances(
+        entry.name, meta, rid, answer, mask_format or "rle", budget), format)
 
 
 @router.post("/keypoints", response_model=KeypointsResponse | list[KeypointsResponse], responses=ERROR_RESPONSES,
@@ -70,12 +71,14 @@ async def segment(request: Request, model: ModelName = None, confidence: Confide
 async def keypoints(request: Request, model: ModelName = None, confidence: Confidence = None, iou: Iou = None,
                     max_detections: MaxDetections = None,
                     keypoint_confidence: Annotated[float, Query(ge=0.0, le=1.0, description=(
-                        "joints scoring below it are still listed, with visible=false"))] = 0.5) -> Response:
+                        "joints scoring below it are still listed, with visible=false"))] = 0.5,
+                    format: Format = "json") -> Response:
     entry = _resolve(request, model, Task.KEYPOINTS)
     meta, rid = entry.ready_model.metadata, request_id(request)
     query = _query(meta, confidence, iou, max_detections, None, False)
-    return await _answer(request, entry, query,
-                         lambda answer: encode.keypoints(entry.name, meta, rid, answer, keypoint_confidence))
+    return await answer_images(request, entry, query,
+                               lambda answer: encode.keypoints(entry.name, meta, rid, answer, keypoint_confidence),
+                               format)
 
 
 def _resolve(request: Request, model: str | None, *tasks: Task) -> ModelEntry:
@@ -84,7 +87,3 @@ def _resolve(request: Request, model: str | None, *tasks: Task) -> ModelEntry:
     return entry
 
 
-async def _answer(request: Request, entry: ModelEntry, query, finish) -> Response:  # type: ignore[no-untyped-def]
-    sources = await read_image_sources(request, request.app.state.settings.max_images_per_request)
-    answers, times = await request.app.state.engine.infer(entry, sources, query, finish)
-    return json_response(request, entry.name, answers[0] if len(answers) == 1 else answers, times)
