@@ -34,6 +34,7 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--host", help="address to bind (STRIDE_HOST)")
     serve.add_argument("--port", type=int, help="HTTP port (STRIDE_PORT)")
     serve.add_argument("--models-dir", type=Path, help="directory of model files (STRIDE_MODELS_DIR)")
+    serve.add_argument("--workers", type=int, help="server processes sharing the port (STRIDE_WORKERS)")
     serve.set_defaults(run=_serve)
     inspect = commands.add_parser("inspect", help="show how Stride reads a model file; write a description",
                                   description="Print a model file's inputs and outputs, the family Stride "
@@ -51,11 +52,19 @@ def _serve(args: argparse.Namespace) -> int:
     from service.config import Settings
     from service.logs import configure_logging
     from service.server import DrainingServer, uvicorn_config
+    from service.workers import Supervisor, WorkersRefused
 
     overrides = {key: value for key, value in (("host", args.host), ("port", args.port),
-                                                ("models_dir", args.models_dir)) if value is not None}
+                                                ("models_dir", args.models_dir), ("workers", args.workers))
+                 if value is not None}
     settings = Settings(**overrides)
     configure_logging(settings.log_level)
+    if settings.workers > 1:  # each worker builds its own app: this process only supervises them
+        try:
+            return Supervisor(settings, overrides).run()
+        except WorkersRefused as exc:
+            print(f"stride: {exc}", file=sys.stderr)
+            return 2
     app = create_app(settings)
     DrainingServer(uvicorn_config(app, settings), app, settings.drain_delay_s).run()
     return 0

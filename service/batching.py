@@ -4,8 +4,14 @@ One inference thread per model takes the oldest waiting tensor, adds whatever el
 (up to `max_batch_size`), and waits up to `max_wait_ms` for more only while other requests for the model
 are still being decoded, so a lone request never waits. A batch holds tensors of one shape only: a
 dynamic-shape graph (Ultralytics' minimal-rectangle letterbox) gets same-shape groups, the others wait
-for the next run in arrival order; padding them to one shape would change their answers. Admission is bounded: when `max_queue` requests
-are in flight for a model, the next one is refused at once (503) instead of piling up.
+for the next run in arrival order; padding them to one shape would change their answers. Admission is
+bounded: when `max_queue` requests are in flight for a model, the next one is refused at once (503)
+instead of piling up.
+
+A batcher whose model file was replaced or removed is retired: it keeps serving what it admitted, and its
+thread stops (releasing the session) once nothing is in flight. A request that resolved the old version
+just before the swap but admits only after the thread stopped restarts it, so no request ever meets a
+closed batcher; the thread stops again when that request is done.
 """
 
 from __future__ import annotations
@@ -71,14 +77,24 @@ class DynamicBatcher:
         self._fixed_batch = fixed_batch
         self._max_batch = fixed_batch if fixed_batch else policy.max_batch_size
         self._stats = stats or BatchStats()
-        self._queue: queue.SimpleQueue[_Item | None] = queue.SimpleQueue()
-        self._held: deque[_Item] = deque()  # taken from the queue but of another shape than the batch; batcher thread only
         self._admitted = 0  # requests admitted and not yet finished (decoding, queued or running)
         self._preparing = 0  # admitted requests still being decoded: the ones worth waiting for
         self._queued = 0
+        self._retired = False  # replaced or removed: stop the thread once nothing is in flight
         self._lock = threading.Lock()
-        self._thread = threading.Thread(target=self._loop, name=f"stride-batcher-{name}", daemon=True)
+        self._start_thread()
+
+    def _start_thread(self) -> None:
+        # Each thread has its own queue, so a stopping thread and its successor never share a sentinel.
+        self._queue: queue.SimpleQueue[_Item | None] = queue.SimpleQueue()
+        self._thread: threading.Thread | None = threading.Thread(
+            target=self._loop, args=(self._queue,), name=f"stride-batcher-{self.name}", daemon=True)
         self._thread.start()
+
+    def _stop_thread(self) -> None:
+        if self._thread is not None:
+            self._queue.put(None)
+            self._thread = None
 
     # --- admission ------------------------------------------------------------------------------
 
@@ -87,6 +103,8 @@ class DynamicBatcher:
         with self._lock:
             if self._admitted >= self.policy.max_queue:
                 raise errors.overloaded(self.name, self.policy.max_queue)
+            if self._thread is None:  # retired and idle, but a request that resolved this version came late
+                self._start_thread()
             self._admitted += 1
             self._preparing += 1
             return Admission(self)
@@ -96,10 +114,24 @@ class DynamicBatcher:
             self._admitted -= 1
             if still_preparing:
                 self._preparing -= 1
+            if self._retired and self._admitted == 0:
+                self._stop_thread()
 
     @property
     def in_flight(self) -> int:
         return self._admitted
+
+    @property
+    def running(self) -> bool:
+        """Whether the inference thread is up (False once retired and idle, or closed)."""
+        return self._thread is not None
+
+    def retire(self) -> None:
+        """The model was replaced or removed: finish what is in flight, then stop the thread."""
+        with self._lock:
+            self._retired = True
+            if self._admitted == 0:
+                self._stop_thread()
 
     # --- submission -----------------------------------------------------------------------------
 
@@ -123,17 +155,23 @@ class DynamicBatcher:
         return future
 
     def close(self) -> None:
-        self._queue.put(None)
-        self._thread.join(timeout=5)
+        """Stop now (server shutdown): queued requests are still run before the thread ends."""
+        with self._lock:
+            thread = self._thread
+            self._retired = True  # a late request still gets answered, by a thread that stops after it
+            self._stop_thread()
+        if thread is not None:
+            thread.join(timeout=5)
 
     # --- the inference thread -------------------------------------------------------------------
 
-    def _loop(self) -> None:
+    def _loop(self, inbox: queue.SimpleQueue[_Item | None]) -> None:
+        held: deque[_Item] = deque()  # taken from the inbox but of another shape than the batch
         while True:
-            first = self._held.popleft() if self._held else self._queue.get()
+            first = held.popleft() if held else inbox.get()
             if first is None:
                 return
-            batch = self._gather(first)
+            batch = self._gather(first, inbox, held)
             try:
                 self._run_batch(batch)
             except Exception as exc:  # a bug here must fail these requests, never kill the thread
@@ -142,29 +180,30 @@ class DynamicBatcher:
                     if not item.future.done():
                         item.future.set_exception(exc)
 
-    def _gather(self, first: _Item) -> list[_Item]:
+    def _gather(self, first: _Item, inbox: queue.SimpleQueue[_Item | None], held: deque[_Item]) -> list[_Item]:
         batch = [first]
         shape = first.tensor.shape
-        held, self._held = self._held, deque()
-        for item in held:
-            (batch if item.tensor.shape == shape and len(batch) < self._max_batch else self._held).append(item)
+        earlier = list(held)
+        held.clear()
+        for item in earlier:
+            (batch if item.tensor.shape == shape and len(batch) < self._max_batch else held).append(item)
         wait_until = time.perf_counter() + self.policy.max_wait_ms / 1000.0
         while len(batch) < self._max_batch:
             try:
-                item = self._queue.get_nowait()
+                item = inbox.get_nowait()
             except queue.Empty:
                 # Only wait when more requests for this model are on their way (being decoded now).
                 if self._preparing <= 0 or time.perf_counter() >= wait_until:
                     break
                 try:
-                    item = self._queue.get(timeout=max(0.0, wait_until - time.perf_counter()))
+                    item = inbox.get(timeout=max(0.0, wait_until - time.perf_counter()))
                 except queue.Empty:
                     break
             if item is None:
-                self._queue.put(None)  # finish this batch, then stop
+                inbox.put(None)  # finish this batch, then stop
                 break
             if item.tensor.shape != shape:
-                self._held.append(item)
+                held.append(item)
                 continue
             batch.append(item)
         with self._lock:

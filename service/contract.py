@@ -24,6 +24,7 @@ class Task(StrEnum):
     INSTANCE_SEGMENTATION = "instance_segmentation"
     SEMANTIC_SEGMENTATION = "semantic_segmentation"
     KEYPOINTS = "keypoints"
+    EMBEDDING = "embedding"
 
 
 class ResizePolicy(StrEnum):
@@ -98,6 +99,7 @@ OutputKind = Literal[
     # Ultralytics YOLO layouts (family "ultralytics"; decoded as its predictor does):
     "yolo_candidates",  # [batch, 4 + classes (+ extra), candidate]: cx, cy, w, h, class scores, extra
     "yolo_end2end",  # [batch, max_det, 6 (+ extra)]: x1, y1, x2, y2, score, class, extra (NMS done in the graph)
+    "embedding",  # [batch, dimension]: a feature vector per image, compared by cosine similarity
 ]
 
 
@@ -137,6 +139,16 @@ class KeypointSpec(_Strict):
     skeleton: list[tuple[int, int]] = Field(default_factory=list, description="edges as joint index pairs")
 
 
+class EmbeddingSpec(_Strict):
+    """Feature vectors compared by cosine similarity (retrieval, recognition of enrolled identities)."""
+
+    normalized: bool = Field(default=False, description="the graph already L2-normalises its vectors")
+    threshold: float | None = Field(
+        default=None, ge=-1, le=1,
+        description="cosine similarity above which two images show the same identity, measured at a 1% false "
+        "accept rate on held-out identities; the default of /v1/collections/{name}/identify")
+
+
 class GoldenSample(_Strict):
     """An input image as a user would send it, and the model's expected raw output for it."""
 
@@ -154,7 +166,7 @@ class Golden(_Strict):
 class ModelMetadata(_Strict):
     contract_version: int = CONTRACT_VERSION
     task: Task
-    labels: list[str] = Field(min_length=1)
+    labels: list[str] = Field(default_factory=list, description="class names; every task but embedding needs them")
     input: InputSpec
     outputs: list[OutputSpec] = Field(min_length=1)
     model_version: str
@@ -168,6 +180,7 @@ class ModelMetadata(_Strict):
     detection: DetectionSpec | None = None
     masks: MaskSpec | None = None
     keypoints: KeypointSpec | None = None
+    embedding: EmbeddingSpec | None = None
 
     def output(self, kind: str) -> int:
         """Index of the output of this kind; ContractError if the model has none."""
@@ -184,6 +197,7 @@ class ModelMetadata(_Strict):
             Task.INSTANCE_SEGMENTATION: ("boxes", "scores", "mask_coefficients", "mask_prototypes"),
             Task.SEMANTIC_SEGMENTATION: ("logits",),
             Task.KEYPOINTS: ("boxes", "scores", "keypoints"),
+            Task.EMBEDDING: ("embedding",),
         }
         kinds = {o.kind for o in self.outputs}
         if kinds & set(YOLO_KINDS):
@@ -200,6 +214,8 @@ class ModelMetadata(_Strict):
             raise ValueError("an instance_segmentation model needs the 'masks' section")
         if self.task is Task.KEYPOINTS and self.keypoints is None:
             raise ValueError("a keypoints model needs the 'keypoints' section")
+        if self.task is not Task.EMBEDDING and not self.labels:
+            raise ValueError(f"a {self.task} model needs labels (at least one)")
         return self
 
     @model_validator(mode="after")

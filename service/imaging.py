@@ -30,6 +30,13 @@ _FOREIGN_SIGNATURES: tuple[tuple[int, bytes, str], ...] = (
 
 _SIXTEEN_BIT_MODES = {"I;16", "I;16B", "I;16L", "I;16N", "I"}
 
+# Premultiplied-alpha modes Pillow converts only to their straight-alpha twin.
+_STRAIGHT_ALPHA = {"La": "LA", "RGBa": "RGBA"}
+
+# A decoder meeting hostile or damaged bytes can fail in many ways (struct.error, IndexError, ...): every
+# one of them means the same thing to the client, so they are all reported as a corrupt image.
+_DECODER_FAILURES = (Exception,)
+
 
 @dataclass(frozen=True, slots=True)
 class DecodedImage:
@@ -59,21 +66,25 @@ def decode_image(data: bytes, *, mode: str, max_pixels: int, min_side: int | Non
         _draft_jpeg(image, mode, width, height, min_side)
     try:
         image.load()
-    except (OSError, SyntaxError, ValueError, EOFError) as exc:
+    except _DECODER_FAILURES as exc:
         raise errors.corrupt_image(str(exc) or type(exc).__name__) from exc
     fmt = str(image.format)
     orientation = _exif_orientation(image)
-    upright = _apply_exif_orientation(image)
+    # Only a rotated photo is transposed: exif_transpose copies even an upright image, a second full frame.
+    upright = _apply_exif_orientation(image) if orientation != 1 else image
     if upright.size != image.size:
         width, height = height, width  # a 90-degree EXIF rotation swaps the sent size too
-    converted = convert_mode(upright, mode)
+    try:
+        converted = convert_mode(upright, mode)
+    except ValueError as exc:  # a colour mode Pillow decodes but cannot convert
+        raise errors.unsupported_image_format(f"{fmt} in colour mode {upright.mode}", list(ALLOWED_FORMATS)) from exc
     return DecodedImage(converted, width, height, fmt, orientation)
 
 
 def _exif_orientation(image: Image.Image) -> int:
     try:
         value = image.getexif().get(0x0112, 1)
-    except (OSError, SyntaxError, ValueError, TypeError, KeyError):
+    except _DECODER_FAILURES:
         return 1
     return value if isinstance(value, int) and 1 <= value <= 8 else 1
 
@@ -99,13 +110,23 @@ def convert_mode(image: Image.Image, mode: str) -> Image.Image:
     over black (the background the bundled models were trained on)."""
     if image.mode == mode:
         return image
+    if image.mode in _STRAIGHT_ALPHA:
+        image = image.convert(_STRAIGHT_ALPHA[image.mode])
     if image.mode in _SIXTEEN_BIT_MODES or image.mode == "F":
         return _high_depth_to_8bit(image).convert(mode)
-    if image.mode in ("RGBA", "LA", "PA", "RGBa", "La") or (image.mode == "P" and "transparency" in image.info):
+    if image.mode in ("RGBA", "LA", "PA") or (image.mode == "P" and "transparency" in image.info):
         rgba = image.convert("RGBA")
         background = Image.new("RGBA", rgba.size, (0, 0, 0, 255))
         return Image.alpha_composite(background, rgba).convert(mode)
-    return image.convert(mode)
+    return _convert_through_rgb(image, mode)
+
+
+def _convert_through_rgb(image: Image.Image, mode: str) -> Image.Image:
+    """Some modes (LAB, HSV) convert only to RGB, and Pillow does not chain conversions itself."""
+    try:
+        return image.convert(mode)
+    except ValueError:
+        return image.convert("RGB").convert(mode)
 
 
 def _open(data: bytes) -> Image.Image:
@@ -121,7 +142,7 @@ def _open(data: bytes) -> Image.Image:
         if foreign:
             raise errors.unsupported_image_format(foreign, list(ALLOWED_FORMATS)) from exc
         raise errors.not_an_image("no supported image format recognised in the data") from exc
-    except (OSError, SyntaxError, ValueError, EOFError) as exc:
+    except _DECODER_FAILURES as exc:
         raise errors.corrupt_image(str(exc) or type(exc).__name__) from exc
 
 
@@ -138,7 +159,7 @@ def _foreign_format(data: bytes) -> str | None:
 def _apply_exif_orientation(image: Image.Image) -> Image.Image:
     try:
         return ImageOps.exif_transpose(image) or image
-    except (OSError, SyntaxError, ValueError, TypeError, KeyError, ZeroDivisionError):
+    except _DECODER_FAILURES:
         # A malformed EXIF block should not cost the user the prediction: keep the stored orientation.
         return image
 

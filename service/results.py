@@ -62,6 +62,24 @@ def rotated_corners(rotated: np.ndarray) -> np.ndarray:
                      centre - half_w + half_h], axis=1)
 
 
-TaskResult = Classification | Detections | ClassMap
+@dataclass(frozen=True, slots=True)
+class Embeddings:
+    """Feature vectors, one row per input (a whole image: one row), as the model gives them."""
 
-__all__ = ["ClassMap", "Classification", "Detections", "LocalMask", "TaskResult", "rotated_corners"]
+    vectors: np.ndarray  # [K, D] float32
+    normalized: bool  # the model states its vectors are L2-normalised already
+
+    def __len__(self) -> int:
+        return int(self.vectors.shape[0])
+
+    def unit(self) -> np.ndarray:
+        """[K, D] L2-normalised rows (cosine similarity is then a dot product); zero rows stay zero."""
+        if self.normalized:
+            return self.vectors
+        norms = np.linalg.norm(self.vectors, axis=1, keepdims=True)
+        return self.vectors / np.maximum(norms, np.finfo(np.float32).tiny)
+
+
+TaskResult = Classification | Detections | ClassMap | Embeddings
+
+__all__ = ["ClassMap", "Classification", "Detections", "Embeddings", "LocalMask", "TaskResult", "rotated_corners"]

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from datetime import datetime
+from typing import Any
+
 from pydantic import BaseModel, Field
 
 from service.contract import DetectionSpec, InputSpec, KeypointSpec, MaskSpec, OutputSpec, Task
@@ -48,6 +51,18 @@ class ModelInfo(BaseModel):
     family: str | None = Field(default=None, description="how the file was understood: stride, ultralytics")
     metadata_source: str | None = Field(
         default=None, description="where the contract came from: embedded, ultralytics metadata, sidecar NAME.yaml")
+    sha256: str | None = Field(default=None, description="SHA-256 of the model file this version was loaded from")
+    description_sha256: str | None = Field(default=None, description="SHA-256 of its NAME.yaml, when it has one")
+    loaded_at: datetime | None = Field(default=None, description="when this version was loaded (UTC)")
+    load_seconds: float | None = Field(default=None, description="how long loading and verifying it took")
+    pending_failure: PendingFailureInfo | None = Field(
+        default=None, description="a changed file that failed to load or verify; the version above still serves")
+
+
+class PendingFailureInfo(BaseModel):
+    sha256: str = Field(description="SHA-256 of the file that failed")
+    reason: str
+    failed_at: datetime
 
 
 class ModelList(BaseModel):
@@ -182,3 +197,79 @@ class KeypointsResponse(BaseModel):
     geometry: GeometryInfo
     instances: list[PoseInstance]
     skeleton: list[tuple[str, str]] = Field(description="edges between joints, by name")
+
+
+class EmbeddedInstance(Detection):
+    """A detected object and the vector of its crop (the box's pixels from the upright image)."""
+
+    embedding: list[float]
+
+
+class EmbedResponse(BaseModel):
+    model: str
+    task: Task
+    request_id: str
+    image: ImageInfo
+    dimension: int = Field(description="length of each vector")
+    normalized: bool = Field(description="true: the vectors are L2-normalised (cosine similarity = dot product)")
+    embedding: list[float] = Field(description="the whole image's vector")
+    detector: str | None = Field(default=None, description="the detection model whose boxes were embedded")
+    instances: list[EmbeddedInstance] | None = Field(
+        default=None, description="with detector=D: each detected object's box and vector, highest score first")
+
+
+class CollectionInfo(BaseModel):
+    name: str
+    model: str = Field(description="the embedding model the collection was built with")
+    model_sha256: str = Field(description="SHA-256 of that model's file when the collection was created")
+    dimension: int
+    size: int = Field(description="items stored")
+    distance: str = Field(default="cosine", description="scores are cosine similarity, higher is better")
+
+
+class CollectionCreated(CollectionInfo):
+    created: bool = Field(description="false when it already existed with the same model (PUT is idempotent)")
+
+
+class CollectionList(BaseModel):
+    backend: str = Field(description="local (embedded store, one process) or server (Qdrant server)")
+    collections: list[CollectionInfo]
+
+
+class ItemAdded(BaseModel):
+    collection: str
+    model: str
+    request_id: str
+    id: str
+    label: str | None
+    metadata: dict[str, Any]
+    replaced: bool = Field(description="true when an item with this id was replaced (replace=true)")
+
+
+class MatchInfo(BaseModel):
+    id: str
+    label: str | None
+    score: float = Field(description="cosine similarity to the query image, in [-1, 1]; higher is better")
+    metadata: dict[str, Any]
+
+
+class SearchResponse(BaseModel):
+    collection: str
+    model: str
+    request_id: str
+    image: ImageInfo
+    matches: list[MatchInfo] = Field(description="best first; empty when the collection is empty")
+
+
+class IdentifyResponse(BaseModel):
+    collection: str
+    model: str
+    request_id: str
+    image: ImageInfo
+    threshold: float = Field(description="the cosine similarity a match must exceed")
+    match: MatchInfo | None = Field(description="the best match above the threshold, or null: unknown")
+
+
+class Deleted(BaseModel):
+    collection: str
+    id: str | None = Field(default=None, description="the item deleted; null when the collection was deleted")

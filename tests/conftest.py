@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import io
+import os
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -28,6 +29,13 @@ from service.contract import (
     to_metadata_props,
 )
 from service.preprocess import prepare
+
+# Apps and servers the tests start leave the gRPC port (STRIDE_GRPC_PORT, default 8001) off unless a test
+# asks for one: tests run side by side, and a fixed port would collide. Subprocesses inherit this.
+os.environ.setdefault("STRIDE_GRPC_PORT", "0")
+# ... and run one server process (STRIDE_WORKERS defaults to one per core): tests/service/test_workers.py
+# starts several.
+os.environ.setdefault("STRIDE_WORKERS", "1")
 
 REPO = Path(__file__).resolve().parents[1]
 BUNDLED_MODELS = REPO / "models"

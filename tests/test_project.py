@@ -23,7 +23,10 @@ def test_runtime_dependencies_are_exactly_the_agreed_ones() -> None:
     project = pyproject()["project"]
     assert names(project["dependencies"]) == {
         "fastapi", "uvicorn", "pydantic", "pydantic-settings", "python-multipart", "pillow", "numpy",
-        "prometheus-client",
+        "prometheus-client", "grpcio", "protobuf",
+        "fastapi-offline",  # /docs offline with Swagger UI 5 (issue 16)
+        "opencv-python-headless",  # cv2.resize: Ultralytics exports' interpolation (issue 10)
+        "pyyaml",  # model descriptions beside the files (issue 10)
     }
     extras = project["optional-dependencies"]
     assert names(extras["cpu"]) == {"onnxruntime"}

@@ -38,6 +38,7 @@ from training.models import ARCHS
 from training.quantize import export_fp16, export_int8
 from training.report import CardContext, plot_confusion_matrix, plot_training_curves, write_json, write_model_card
 from training.semantic import SEMANTIC_BUNDLED, run_semantic_bundle, semantic_main, wants_semantic
+from training.tasks import embedding
 from training.train import TrainConfig, choose_input_spec, train_checkpoint
 
 
@@ -47,6 +48,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     # torch's ONNX exporter warns once per torchvision op it cannot register; Stride does not use torchvision.
     logging.getLogger("torch.onnx._internal.exporter._registration").setLevel(logging.ERROR)
     argv = list(sys.argv[1:] if argv is None else argv)
+    if embedding.wants_embedding(argv):  # `train --task embedding`, export/evaluate of embedding files
+        return embedding.embedding_main(argv)
     if wants_semantic(argv):  # `train --task semantic_segmentation`, export/evaluate of semantic files
         return semantic_main(argv)
     if wants_dense(argv):  # `data scenes`, `train --task ...`, export/evaluate of dense files
@@ -65,7 +68,7 @@ def build_parser() -> argparse.ArgumentParser:
     bundle.add_argument(
         "--only",
         action="append",
-        choices=[r.name for r in BUNDLED] + list(DENSE_BUNDLED) + list(SEMANTIC_BUNDLED),
+        choices=[r.name for r in BUNDLED] + list(DENSE_BUNDLED) + list(SEMANTIC_BUNDLED) + [embedding.BUNDLE_NAME],
         help="rebuild just this model (repeatable)",
     )
     bundle.add_argument("--no-progress", action="store_true", help="no progress bar")
@@ -140,6 +143,12 @@ def parse_arch_options(pairs: Sequence[str]) -> dict[str, Any]:
 
 
 def run_bundle(args: argparse.Namespace) -> int:
+    if not args.only or embedding.BUNDLE_NAME in args.only:
+        embedding.run_embedding_bundle(args.models_dir, progress=not args.no_progress)
+        if args.only:
+            args.only = [n for n in args.only if n != embedding.BUNDLE_NAME]
+            if not args.only:
+                return 0  # only the embedding model was asked for
     semantic = [n for n in args.only if n in SEMANTIC_BUNDLED] if args.only else list(SEMANTIC_BUNDLED)
     if semantic:
         run_semantic_bundle(args.models_dir, semantic, progress=not args.no_progress)

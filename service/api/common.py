@@ -38,7 +38,7 @@ IMAGE_REQUEST_BODY: dict[str, Any] = {
             "multipart/form-data": {
                 "schema": {"type": "object", "required": ["file"],
                            "properties": {"file": {
-                               "type": "array", "items": {"type": "string", "format": "binary"},
+                               "type": "array", "minItems": 1, "items": {"type": "string", "format": "binary"},
                                "description": "one image, or several (repeat the field) for a list answer"}}},
             },
             "image/*": {"schema": {"type": "string", "format": "binary"}},

@@ -3,11 +3,10 @@
 from __future__ import annotations
 
 import numpy as np
-from PIL import Image
 
 from service.contract import ModelMetadata
 from service.engine import Answer
-from service.results import Classification, ClassMap, Detections, rotated_corners
+from service.results import Classification, ClassMap, Detections, Embeddings, rotated_corners
 from service.schemas import (
     RLE,
     Box,
@@ -17,6 +16,8 @@ from service.schemas import (
     ClassPresence,
     Detection,
     DetectResponse,
+    EmbeddedInstance,
+    EmbedResponse,
     GeometryInfo,
     ImageInfo,
     Instance,
@@ -29,7 +30,6 @@ from service.schemas import (
     SemanticSegmentResponse,
 )
 from service.tasks import masks as mask_formats
-from service.tasks import rle
 
 
 def _label(labels: list[str], class_id: int) -> str:
@@ -138,19 +138,32 @@ def semantic(model: str, metadata: ModelMetadata, request_id: str, answer: Answe
     classes = answer.result
     assert isinstance(classes, ClassMap)
     labels = metadata.labels
-    ids = classes.ids
-    height, width = ids.shape
+    height, width = classes.shape
     fractions = classes.fractions(len(labels))
     present = [int(c) for c in np.argsort(-fractions, kind="stable") if fractions[c] > 0]
     presence = [ClassPresence(class_id=c, label=_label(labels, c), pixel_fraction=float(fractions[c]))
                 for c in present]
     if fmt == "png":
-        segmentation = SegmentationMap(format="png", size=[height, width],
-                                       data=mask_formats.png_base64(Image.fromarray(ids)))
+        segmentation = SegmentationMap(format="png", size=[height, width], data=classes.png_base64())
     else:
         segmentation = SegmentationMap(format="rle", size=[height, width], masks=[
-            ClassMask(class_id=c, label=p.label, rle=RLE.model_validate(rle.encode(ids == c)))
+            ClassMask(class_id=c, label=p.label, rle=RLE.model_validate(classes.rle(c)))
             for c, p in zip(present, presence, strict=True)])
     return SemanticSegmentResponse(model=model, task=metadata.task, request_id=request_id, image=image_info(answer),
                                    geometry=geometry_info(answer, metadata), segmentation=segmentation,
                                    classes=presence)
+
+
+def embedding(model: str, metadata: ModelMetadata, request_id: str, answer: Answer) -> EmbedResponse:
+    """The whole image's vector; instances are added by the route when a detector was asked for."""
+    found = answer.result
+    assert isinstance(found, Embeddings)
+    vector = found.vectors[0]
+    return EmbedResponse(model=model, task=metadata.task, request_id=request_id, image=image_info(answer),
+                         dimension=int(vector.size), normalized=found.normalized, embedding=vector.tolist())
+
+
+def embedded_instances(found: Detections, labels: list[str], vectors: list[np.ndarray]) -> list[EmbeddedInstance]:
+    """Each detection with the vector of its crop, in the detections' order."""
+    return [EmbeddedInstance(**d.model_dump(), embedding=v.tolist())
+            for d, v in zip(detections(found, labels), vectors, strict=True)]

@@ -1,4 +1,8 @@
-"""Every error, FastAPI's own 404/405/422 included, leaves in the one envelope of service.errors."""
+"""Every error, FastAPI's own 404/405/422 included, leaves in the one envelope of service.errors.
+
+Unexpected exceptions are answered by service.api.middleware (a JSON 500 with `Connection: close`), so
+that the answer still carries the request id and the security headers.
+"""
 
 from __future__ import annotations
 
@@ -8,7 +12,9 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.requests import ClientDisconnect
 
+from service import errors
 from service.api.context import request_id
 from service.errors import StrideError
 from service.metrics import Metrics
@@ -22,8 +28,8 @@ def install_error_handlers(app: FastAPI, metrics: Metrics) -> None:
     def envelope(request: Request, status: int, code: str, message: str,
                  headers: dict[str, str] | None = None) -> JSONResponse:
         metrics.errors.labels(code).inc()
-        body = {"error": {"code": code, "message": message, "request_id": request_id(request)}}
-        return JSONResponse(body, status_code=status, headers=headers)
+        return JSONResponse(errors.envelope(code, message, request_id(request)), status_code=status,
+                            headers=headers)
 
     async def on_stride_error(request: Request, exc: Exception) -> JSONResponse:
         assert isinstance(exc, StrideError)
@@ -47,11 +53,13 @@ def install_error_handlers(app: FastAPI, metrics: Metrics) -> None:
             message = f"method {request.method} is not allowed on {request.url.path}"
         return envelope(request, exc.status_code, code, message, dict(exc.headers or {}))
 
-    async def on_unexpected(request: Request, exc: Exception) -> JSONResponse:
-        log.exception("unhandled error", extra={"request_id": request_id(request)})
-        return envelope(request, 500, "internal_error", "an internal error occurred; it has been logged")
+    async def on_client_disconnect(request: Request, exc: Exception) -> JSONResponse:
+        # Nobody will read this answer; it exists so the access log and metrics say 499, not 500.
+        log.info("client disconnected before the request was read", extra={"request_id": request_id(request)})
+        gone = errors.client_disconnected()
+        return envelope(request, gone.status, gone.code, gone.message, {"Connection": "close"})
 
     app.add_exception_handler(StrideError, on_stride_error)
     app.add_exception_handler(RequestValidationError, on_validation_error)
     app.add_exception_handler(StarletteHTTPException, on_http_error)
-    app.add_exception_handler(Exception, on_unexpected)
+    app.add_exception_handler(ClientDisconnect, on_client_disconnect)

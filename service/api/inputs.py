@@ -7,9 +7,10 @@ from __future__ import annotations
 
 from fastapi import Request
 from starlette.datastructures import UploadFile
+from starlette.requests import ClientDisconnect
 
 from service import errors
-from service.payload import ImageSource
+from service.payload import ImageSource, PixelBudget
 
 RAW_TYPES = ("application/octet-stream",)
 
@@ -18,8 +19,12 @@ async def read_image_sources(request: Request, max_images: int) -> list[ImageSou
     """The request's images, in order: several only from repeated multipart `file` fields."""
     content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
     if content_type == "multipart/form-data":
-        return await _from_multipart(request, max_images)
-    return [await _from_body(request, content_type)]
+        sources = await _from_multipart(request, max_images)
+    else:
+        sources = [await _from_body(request, content_type)]
+    # Image sizes are read from the headers in the worker threads (the event loop never decodes).
+    budget = PixelBudget(request.app.state.settings.max_request_pixels)
+    return [ImageSource(source.payload, source.encoding, budget) for source in sources]
 
 
 async def _from_body(request: Request, content_type: str) -> ImageSource:
@@ -42,7 +47,7 @@ async def _from_body(request: Request, content_type: str) -> ImageSource:
 async def _from_multipart(request: Request, max_images: int) -> list[ImageSource]:
     try:
         form = await request.form(max_files=max_images, max_fields=max_images + 16)
-    except errors.StrideError:
+    except (errors.StrideError, ClientDisconnect):
         raise
     except Exception as exc:  # the multipart parser raises several types for malformed bodies or too many parts
         raise errors.bad_request("invalid_multipart", f"the multipart body could not be parsed: {exc}") from exc

@@ -7,6 +7,7 @@ from fastapi.responses import JSONResponse
 
 from service.metrics import CONTENT_TYPE
 from service.schemas import HealthResponse
+from service.workers import every_worker_ready
 
 router = APIRouter(tags=["health"])
 
@@ -27,6 +28,8 @@ async def ready(request: Request) -> Response:
     ok, reason = state.registry.readiness()
     if ok and state.draining:
         ok, reason = False, "draining: the server is shutting down"
+    if ok:  # with several worker processes, ready only when every one of them is
+        ok, reason = every_worker_ready(state)
     models = {e.name: e.status.value for e in state.registry.entries.values()}
     body = HealthResponse(status="ready" if ok else "not_ready", reason=None if ok else reason, models=models)
     headers = None if ok else {"Retry-After": "1"}

@@ -14,7 +14,7 @@ import json
 from pathlib import Path
 
 from service.contract import ContractError, from_metadata_props
-from service.families.base import ClassifyQuery, Query, SemanticQuery, ServedModel
+from service.families.base import ClassifyQuery, EmbedQuery, Query, SemanticQuery, ServedModel
 from service.families.described import SIDECAR_SUFFIX, described_model, file_version, sidecar_path
 from service.families.stride import StrideModel
 from service.families.ultralytics import NotUltralytics, UltralyticsModel, is_ultralytics, ultralytics_model
@@ -23,6 +23,7 @@ from service.runtime import ModelSession
 __all__ = [
     "SIDECAR_SUFFIX",
     "ClassifyQuery",
+    "EmbedQuery",
     "Query",
     "SemanticQuery",
     "ServedModel",

@@ -27,7 +27,12 @@ class SemanticQuery:
     """Semantic segmentation takes no decoding parameters; its output format is chosen when encoding."""
 
 
-Query = ClassifyQuery | DetectionQuery | SemanticQuery
+@dataclass(frozen=True, slots=True)
+class EmbedQuery:
+    """Embedding takes no decoding parameters: the vector is the answer."""
+
+
+Query = ClassifyQuery | DetectionQuery | SemanticQuery | EmbedQuery
 
 
 class ServedModel:

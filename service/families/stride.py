@@ -11,7 +11,7 @@ import numpy as np
 from service.contract import Task
 from service.families.base import ClassifyQuery, Query, ServedModel, classification_from
 from service.preprocess import Geometry
-from service.results import Detections, TaskResult
+from service.results import Detections, Embeddings, TaskResult
 from service.tasks.detection import DetectionQuery, select_detections
 from service.tasks.keypoints import joints_to_original
 from service.tasks.masks import instance_masks
@@ -29,6 +29,9 @@ class StrideModel(ServedModel):
             return classification_from(outputs[index], meta.outputs[index].kind, query)
         if meta.task is Task.SEMANTIC_SEGMENTATION:
             return class_map(outputs[meta.output("logits")], geometry)
+        if meta.task is Task.EMBEDDING:
+            vector = outputs[meta.output("embedding")].astype(np.float32).reshape(1, -1)
+            return Embeddings(vector, normalized=meta.embedding is not None and meta.embedding.normalized)
         assert isinstance(query, DetectionQuery)
         return self._detections(outputs, geometry, query)
 

@@ -121,7 +121,7 @@ class UltralyticsModel(ServedModel):
             boxes, kept_scores, class_ids = boxes[kept], kept_scores[kept], class_ids[kept]
         if self.yolo_task == "pose":
             assert extras is not None
-            keypoints = _keypoints_to_original(extras.reshape(len(chosen), -1, 3), geometry)
+            keypoints = _keypoints_to_original(extras.reshape(len(chosen), self.extra // 3, 3), geometry)
         return Detections(boxes=boxes, scores=np.asarray(kept_scores, dtype=np.float64), class_ids=class_ids,
                           masks=masks, keypoints=keypoints)
 

@@ -199,3 +199,44 @@ def test_a_graph_exported_with_batch_one_serves_concurrent_requests(make_client,
     with ThreadPoolExecutor(8) as pool:
         assert list(pool.map(post, range(16))) == ["dark"] * 16
     assert "stride_batch_size_bucket{le=\"1.0\",model=\"single\"} 16.0" in client.get("/metrics").text
+
+
+def test_a_retired_batcher_stops_at_once_when_idle() -> None:
+    batcher = DynamicBatcher("m", RecordingModel(), BatchPolicy(max_batch_size=2))
+    thread = batcher._thread
+    batcher.retire()
+    assert not batcher.running
+    thread.join(5)
+    assert not thread.is_alive()
+
+
+def test_a_retired_batcher_finishes_what_it_admitted_then_stops() -> None:
+    model = RecordingModel()
+    batcher = DynamicBatcher("m", model, BatchPolicy(max_batch_size=2))
+    thread = batcher._thread
+
+    async def scenario() -> np.ndarray:
+        model.gate.clear()  # the request is admitted and queued when the swap retires its batcher
+        pending = asyncio.ensure_future(submit(batcher, 3))
+        while batcher.in_flight == 0:  # let the request's task start and admit
+            await asyncio.sleep(0)
+        batcher.retire()
+        assert batcher.running, "retired with a request in flight: the thread must stay until it is done"
+        model.gate.set()
+        return await pending
+
+    result = asyncio.run(scenario())
+    np.testing.assert_allclose(result, np.full((1, 2, 2), 6.0))
+    assert not batcher.running and batcher.in_flight == 0
+    thread.join(5)
+    assert not thread.is_alive()
+
+
+def test_a_late_request_on_a_retired_batcher_is_still_answered() -> None:
+    """A request that resolved the old version before the swap may admit after its thread stopped."""
+    batcher = DynamicBatcher("m", RecordingModel(), BatchPolicy(max_batch_size=2))
+    batcher.retire()
+    assert not batcher.running
+    result = asyncio.run(submit(batcher, 5))
+    np.testing.assert_allclose(result, np.full((1, 2, 2), 10.0))
+    assert not batcher.running, "the thread restarted for the late request must stop again after it"

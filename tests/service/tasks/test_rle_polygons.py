@@ -65,3 +65,14 @@ def test_diagonal_neighbours_are_separate_polygons_and_empty_is_empty() -> None:
     mask[0, 0] = mask[1, 1] = True
     assert mask_to_polygons(mask) == [[[0, 0], [1, 0], [1, 1], [0, 1]], [[1, 1], [2, 1], [2, 2], [1, 2]]]
     assert mask_to_polygons(np.zeros((3, 3), bool)) == []
+
+
+@pytest.mark.parametrize("mask", random_masks())
+def test_rle_decodes_what_pycocotools_encodes(mask: np.ndarray) -> None:
+    theirs = coco_mask.encode(np.asfortranarray(mask.astype(np.uint8)))
+    np.testing.assert_array_equal(rle.decode(list(theirs["size"]), theirs["counts"].decode()), mask)
+
+
+def test_rle_whose_runs_do_not_cover_the_image_is_refused() -> None:
+    with pytest.raises(ValueError, match="cover 12 pixels"):
+        rle.decode([5, 5], rle.encode(np.zeros((3, 4), bool))["counts"])
