@@ -12,6 +12,7 @@ from service.api.common import ERROR_RESPONSES
 from service.contract import Task
 from service.registry import Change, ChangeKind, ModelEntry, ModelRegistry
 from service.schemas import ModelInfo, ModelList, PendingFailureInfo
+from service.workers import tell_other_workers_to_reload
 
 router = APIRouter(prefix="/v1", tags=["models"])
 
@@ -90,6 +91,7 @@ async def get_model(name: str, request: Request) -> ModelInfo:
              summary="Load new and changed model files and retire removed ones, now")
 async def reload_models(request: Request) -> ReloadResponse:
     changes = await _sync(request.app.state.registry, None)
+    tell_other_workers_to_reload(request.app.state)  # STRIDE_WORKERS > 1: every worker reloads
     return ReloadResponse(changes=[change_info(c) for c in changes])
 
 
@@ -98,6 +100,7 @@ async def reload_models(request: Request) -> ReloadResponse:
 async def reload_model(name: str, request: Request) -> ReloadResponse:
     registry: ModelRegistry = request.app.state.registry
     changes = await _sync(registry, name)
+    tell_other_workers_to_reload(request.app.state)  # STRIDE_WORKERS > 1: every worker reloads
     if changes[0].kind is ChangeKind.ABSENT:
         raise errors.model_not_found(name, registry.names())
     return ReloadResponse(changes=[change_info(c) for c in changes])
