@@ -26,7 +26,8 @@ RUN pip install --no-cache-dir -c constraints/cpu.txt '.[cpu]'
 
 FROM ${PYTHON_IMAGE} AS cpu
 RUN groupadd --system --gid 10001 stride \
-    && useradd --system --uid 10001 --gid 10001 --home-dir /app --no-create-home --shell /usr/sbin/nologin stride
+    && useradd --system --uid 10001 --gid 10001 --home-dir /app --no-create-home --shell /usr/sbin/nologin stride \
+    && mkdir -p /app/collections && chown 10001:10001 /app/collections
 COPY --from=cpu-build /opt/stride /opt/stride
 COPY LICENSE /app/LICENSE
 COPY models/ /app/models/
@@ -35,11 +36,13 @@ ENV PATH=/opt/stride/bin:$PATH \
     PYTHONUNBUFFERED=1 \
     STRIDE_HOST=0.0.0.0 \
     STRIDE_PORT=8000 \
+    STRIDE_GRPC_PORT=8001 \
     STRIDE_MODELS_DIR=/app/models \
     STRIDE_PROVIDERS=CPUExecutionProvider
 WORKDIR /app
 USER 10001:10001
-EXPOSE 8000
+# HTTP (/v1, /v2, /health, /metrics) and the Open Inference Protocol's gRPC service
+EXPOSE 8000 8001
 HEALTHCHECK --interval=10s --timeout=3s --start-period=60s --retries=3 \
     CMD ["python", "-c", "import os, urllib.request as u; u.urlopen('http://127.0.0.1:%s/health/ready' % os.environ.get('STRIDE_PORT', '8000'), timeout=2)"]
 STOPSIGNAL SIGTERM
@@ -70,7 +73,8 @@ RUN pip install --no-cache-dir -c constraints/gpu.txt '.[gpu]'
 
 FROM gpu-base AS gpu
 RUN groupadd --system --gid 10001 stride \
-    && useradd --system --uid 10001 --gid 10001 --home-dir /app --no-create-home --shell /usr/sbin/nologin stride
+    && useradd --system --uid 10001 --gid 10001 --home-dir /app --no-create-home --shell /usr/sbin/nologin stride \
+    && mkdir -p /app/collections && chown 10001:10001 /app/collections
 COPY --from=gpu-build /opt/stride /opt/stride
 COPY LICENSE /app/LICENSE
 COPY models/ /app/models/
@@ -79,11 +83,13 @@ ENV PATH=/opt/stride/bin:$PATH \
     PYTHONUNBUFFERED=1 \
     STRIDE_HOST=0.0.0.0 \
     STRIDE_PORT=8000 \
+    STRIDE_GRPC_PORT=8001 \
     STRIDE_MODELS_DIR=/app/models \
     STRIDE_PROVIDERS=CUDAExecutionProvider,CPUExecutionProvider
 WORKDIR /app
 USER 10001:10001
-EXPOSE 8000
+# HTTP (/v1, /v2, /health, /metrics) and the Open Inference Protocol's gRPC service
+EXPOSE 8000 8001
 HEALTHCHECK --interval=10s --timeout=3s --start-period=60s --retries=3 \
     CMD ["python", "-c", "import os, urllib.request as u; u.urlopen('http://127.0.0.1:%s/health/ready' % os.environ.get('STRIDE_PORT', '8000'), timeout=2)"]
 STOPSIGNAL SIGTERM

@@ -79,7 +79,7 @@ def stop(process: subprocess.Popen) -> None:
 
 def drive(url: str, image: Path, concurrency: int, duration: float) -> dict:
     env = os.environ | {"BENCH_IMAGE": str(image), "BENCH_CONTENT_TYPE": "image/jpeg", "BENCH_MAX_REQUESTS": "0"}
-    done = subprocess.run(["wrk", "-t1", f"-c{concurrency}", f"-d{duration}s", "--latency", "-s",
+    done = subprocess.run(["wrk", "-t1", f"-c{concurrency}", f"-d{max(1, round(duration))}s", "--latency", "-s",
                            str(SHARED_BENCH / "wrk_post.lua"), url], env=env, capture_output=True, text=True,
                           timeout=duration + 60)
     found = re.search(r"BENCH_JSON (\{.*\})", done.stdout)

@@ -7,6 +7,7 @@ short snake_case strings that clients can branch on; messages are for humans and
 from __future__ import annotations
 
 import functools
+import json
 import os
 import re
 
@@ -166,6 +167,17 @@ def _top_level_directories() -> frozenset[str]:
 def envelope(code: str, message: str, request_id: str) -> dict[str, dict[str, str]]:
     """The JSON body of every error response: the one place the envelope is built."""
     return {"error": {"code": code, "message": public_message(message), "request_id": request_id}}
+
+
+OPEN_INFERENCE_PREFIX = "/v2"
+
+
+def body_for_path(path: str, code: str, message: str, request_id: str) -> bytes:
+    """The error body a client of `path` reads: the Open Inference Protocol's `{"error": "..."}` under /v2
+    (what tritonclient and KServe parse), Stride's envelope everywhere else."""
+    if path == OPEN_INFERENCE_PREFIX or path.startswith(OPEN_INFERENCE_PREFIX + "/"):
+        return json.dumps({"error": public_message(message)}).encode()
+    return json.dumps(envelope(code, message, request_id)).encode()
 
 
 def client_disconnected() -> StrideError:

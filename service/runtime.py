@@ -21,6 +21,7 @@ from service.config import Settings, available_cores
 log = logging.getLogger(__name__)
 
 CUDA = "CUDAExecutionProvider"
+FLOAT32 = np.dtype(np.float32)
 CPU = "CPUExecutionProvider"
 
 _GRAPH_LEVELS = {
@@ -40,7 +41,7 @@ class ModelSession:
     output_names: tuple[str, ...]
     provider: str  # the provider ONNX Runtime actually placed the session on
     custom_metadata: dict[str, str]
-    input_dtype: np.dtype = np.dtype(np.float32)  # float16 for half-precision exports
+    input_dtype: np.dtype = FLOAT32  # float16 for half-precision exports
     # IO binding: "cuda" keeps outputs on the GPU until one copy to the host per output; None = session.run.
     bind_device: str | None = None
     device_id: int = 0

@@ -33,7 +33,7 @@ class ClassifyResponse(BaseModel):
 class ModelInfo(BaseModel):
     name: str
     task: Task | None
-    status: str = Field(description="loading, ready or failed")
+    status: str = Field(description="loading, ready, failed or unavailable (valid, but not for this host)")
     reason: str | None = Field(default=None, description="why the model is not ready")
     version: str | None = None
     architecture: str | None = None

@@ -27,6 +27,7 @@ def test_runtime_dependencies_are_exactly_the_agreed_ones() -> None:
         "fastapi-offline",  # /docs offline with Swagger UI 5 (issue 16)
         "opencv-python-headless",  # cv2.resize: Ultralytics exports' interpolation (issue 10)
         "pyyaml",  # model descriptions beside the files (issue 10)
+        "qdrant-client",  # /v1/collections: embedded store, or a Qdrant server (issue 15)
     }
     extras = project["optional-dependencies"]
     assert names(extras["cpu"]) == {"onnxruntime"}

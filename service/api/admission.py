@@ -12,7 +12,6 @@ passes through: the route answers it with the precise error.
 
 from __future__ import annotations
 
-import json
 import re
 from typing import NamedTuple
 from urllib.parse import parse_qs, unquote
@@ -99,7 +98,7 @@ class EarlyAdmission:
         scope["route"] = _RouteLabel(route)
         self.metrics.errors.labels(error.code).inc()
         self.metrics.admission_refusals.labels(model, "in_flight_limit").inc()
-        body = json.dumps(errors.envelope(error.code, error.message, state.get("request_id", ""))).encode()
+        body = errors.body_for_path(scope["path"], error.code, error.message, state.get("request_id", ""))
         headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
         headers += [(k.lower().encode(), v.encode()) for k, v in error.headers.items()]
         if _unread_body_too_big(scope):

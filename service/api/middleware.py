@@ -10,7 +10,6 @@ from __future__ import annotations
 import asyncio
 import hmac
 import itertools
-import json
 import logging
 import re
 import time
@@ -79,21 +78,21 @@ class RequestContextMiddleware:
 
         try:
             if self.api_keys and self._needs_key(scope["path"]) and not self._authorised(headers):
-                await _send_error(send_with_id, errors.unauthorized(), rid, self.metrics)
+                await _send_error(send_with_id, errors.unauthorized(), rid, self.metrics, scope["path"])
                 return
             declared = _declared_length(headers)
             if declared is not None and declared > self.max_body_bytes:
                 error = errors.payload_too_large(self.max_body_bytes)
-                await _send_error(send_with_id, error, rid, self.metrics)
+                await _send_error(send_with_id, error, rid, self.metrics, scope["path"])
                 return
             await self.app(scope, self._limited(receive), send_with_id)
         except errors.StrideError as error:  # raised before routing, e.g. a malformed Content-Length
-            await _send_error(send_with_id, error, rid, self.metrics)
+            await _send_error(send_with_id, error, rid, self.metrics, scope["path"])
         except Exception:
             log.exception("unhandled error", extra={"request_id": rid})
             if response_started:
                 raise  # half an answer is out: only closing the connection can tell the client
-            await _send_error(send_with_id, errors.internal_error(), rid, self.metrics)
+            await _send_error(send_with_id, errors.internal_error(), rid, self.metrics, scope["path"])
         finally:
             self._record(scope, status, time.perf_counter() - started)
 
@@ -185,9 +184,9 @@ def _declared_length(headers: Headers) -> int | None:
     return int(raw)
 
 
-async def _send_error(send: Send, error: errors.StrideError, rid: str, metrics: Metrics) -> None:
+async def _send_error(send: Send, error: errors.StrideError, rid: str, metrics: Metrics, path: str) -> None:
     metrics.errors.labels(error.code).inc()
-    body = json.dumps(errors.envelope(error.code, error.message, rid)).encode()
+    body = errors.body_for_path(path, error.code, error.message, rid)
     headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
     headers += [(k.lower().encode(), v.encode()) for k, v in error.headers.items() if k.lower() != "connection"]
     headers.append((b"connection", b"close"))

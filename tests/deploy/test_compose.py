@@ -104,7 +104,12 @@ def test_stride_service_restarts_checks_health_drains_and_mounts_models(app_path
     assert service["restart"] in ("always", "unless-stopped", "on-failure")
     assert env["STRIDE_HOST"] == "0.0.0.0"
     port = env["STRIDE_PORT"]
-    assert [container_port(p) for p in service["ports"]] == [port]
+    # HTTP and gRPC, fixed at the settings' defaults (the image's too) and both published.
+    defaults = Settings.model_construct()  # the declared defaults, whatever the environment says
+    assert (port, env["STRIDE_GRPC_PORT"]) == (str(defaults.port), str(defaults.grpc_port))
+    assert [container_port(p) for p in service["ports"]] == [port, env["STRIDE_GRPC_PORT"]]
+    image = parse_dockerfile().stage("gpu").env()
+    assert (image["STRIDE_PORT"], image["STRIDE_GRPC_PORT"]) == (port, env["STRIDE_GRPC_PORT"])
     test = service["healthcheck"]["test"]
     assert test[0] == "CMD" and test[1] == "python"
     urls = re.findall(r"http://127\.0\.0\.1:(\d+)(/[\w/]+)", " ".join(test))

@@ -16,6 +16,7 @@ from packaging.requirements import Requirement
 from packaging.specifiers import SpecifierSet
 from packaging.utils import canonicalize_name
 
+from service.config import Settings
 from tests.deploy.helpers import (
     BIN,
     DOCKERFILE,
@@ -180,7 +181,10 @@ def test_final_images_run_the_service_unprivileged_with_the_models_baked_in(app_
         assert env["STRIDE_HOST"] == "0.0.0.0"
         assert env["STRIDE_MODELS_DIR"] == "/app/models"
         assert env["PATH"].startswith("/opt/stride/bin:")
-        assert stage.one("EXPOSE").value == env["STRIDE_PORT"] == "8000"
+        # Both ports the service listens on, at the settings' defaults: HTTP and the Open Inference Protocol's gRPC.
+        defaults = Settings.model_construct()  # the declared defaults, whatever the environment says
+        assert (env["STRIDE_PORT"], env["STRIDE_GRPC_PORT"]) == (str(defaults.port), str(defaults.grpc_port))
+        assert stage.one("EXPOSE").value.split() == [env["STRIDE_PORT"], env["STRIDE_GRPC_PORT"]]
         copies = stage.copies()
         assert ({}, ["models/"], "/app/models/") in copies
         assert ({"from": f"{variant}-build"}, ["/opt/stride"], "/opt/stride") in copies

@@ -134,9 +134,13 @@ def test_each_kustomization_renders_to_valid_resources(variant: str) -> None:
 def test_probes_hit_the_service_health_routes_on_its_port(app_paths: set[str]) -> None:
     found = resources(K8S / "base")
     main = container(found)
-    (port,) = main["ports"]
-    assert str(port["containerPort"]) == env(found)["STRIDE_PORT"]
+    ports = {p["name"]: p for p in main["ports"]}
+    assert set(ports) == {"http", "grpc"}, "the container declares the HTTP port and the gRPC port, by name"
+    defaults = Settings.model_construct()  # the declared defaults, whatever the environment says
+    assert str(ports["http"]["containerPort"]) == env(found)["STRIDE_PORT"] == str(defaults.port)
+    assert str(ports["grpc"]["containerPort"]) == env(found)["STRIDE_GRPC_PORT"] == str(defaults.grpc_port)
     assert env(found)["STRIDE_HOST"] == "0.0.0.0"
+    port = ports["http"]
     probes = {"livenessProbe": "/health/live", "readinessProbe": "/health/ready"}
     for probe, path in probes.items():
         get = main[probe]["httpGet"]
@@ -180,8 +184,11 @@ def test_service_hpa_and_pdb_select_the_deployment() -> None:
     assert deployment["spec"]["selector"]["matchLabels"].items() <= labels.items()
     service = found["Service"]
     assert service["spec"]["selector"].items() <= labels.items()
-    (port,) = service["spec"]["ports"]
-    assert port["targetPort"] in [p["name"] for p in container(found)["ports"]]
+    # Every container port is reachable through the Service: HTTP (port 80) and gRPC (h2c).
+    targets = {p["targetPort"]: p for p in service["spec"]["ports"]}
+    assert set(targets) == {p["name"] for p in container(found)["ports"]} == {"http", "grpc"}
+    assert targets["grpc"]["port"] == Settings.model_construct().grpc_port
+    assert targets["grpc"]["appProtocol"] == "kubernetes.io/h2c"
     hpa = found["HorizontalPodAutoscaler"]
     assert hpa["apiVersion"] == "autoscaling/v2"
     ref = hpa["spec"]["scaleTargetRef"]

@@ -135,7 +135,7 @@ def test_the_tensor_route_is_gated_by_its_model(make_client: Callable[..., TestC
     client = make_client(tiny_model_dir, max_queue=1, max_batch_size=1)
     fill(client, "tiny")
     refused = client.post("/v2/models/tiny/infer", content=b"{}", headers={"content-type": "application/json"})
-    assert refused.status_code == 503 and refused.json()["error"]["code"] == "overloaded"
+    assert refused.status_code == 503 and "in flight" in refused.json()["error"]  # the protocol's shape
 
 
 def test_the_gated_routes_are_the_apps_inference_routes(client: TestClient) -> None:

@@ -25,7 +25,8 @@ def api_schema(tmp_path_factory: pytest.TempPathFactory):
     from tests.conftest import wait_until_loaded
 
     app = create_app(Settings(models_dir=bundle_dir(tmp_path_factory.mktemp("bundle")),
-                              providers=["CPUExecutionProvider"], access_log=False))
+                              providers=["CPUExecutionProvider"], access_log=False, workers=1,
+                              collections_dir=tmp_path_factory.mktemp("collections")))
     with TestClient(app, raise_server_exceptions=False) as client:
         wait_until_loaded(client)
         yield schemathesis.openapi.from_asgi("/openapi.json", app)

@@ -245,7 +245,8 @@ def test_api_key_guards_all_but_health(make_client: Callable[..., TestClient], t
     for path in ("/v2", "/v2/models/tiny", "/v2/models/tiny/ready"):
         assert client.get(path).status_code == 401
         assert client.get(path, headers={"X-API-Key": "k2"}).status_code == 200
-    assert client.post(INFER, json=json_input(some_images(1))).status_code == 401
+    refused = client.post(INFER, json=json_input(some_images(1)))
+    assert refused.status_code == 401 and set(refused.json()) == {"error"}  # the protocol's shape, even here
     answered = client.post(INFER, json=json_input(some_images(1)), headers={"Authorization": "Bearer k1"})
     assert answered.status_code == 200
 
