@@ -66,9 +66,18 @@ def answered(task: str, answer: dict[str, Any]) -> list[dict[str, Any]]:
     return answer["detections"] if task in ("detect", "obb") else answer["instances"]
 
 
+def answer_boxes(got: list[dict[str, Any]]) -> np.ndarray:
+    """x1, y1, x2, y2 per answer; for a rotated box, its corners' extent (the `box` beside it is clipped to
+    the image, while Ultralytics' corners may reach past its edge)."""
+    if got and got[0].get("obb"):
+        corners = np.asarray([d["obb"]["corners"] for d in got], dtype=np.float64)
+        return np.concatenate([corners.min(axis=1), corners.max(axis=1)], axis=1)
+    return np.asarray([[d["box"][k] for k in ("x1", "y1", "x2", "y2")] for d in got], dtype=np.float64)
+
+
 def match(ref_boxes: np.ndarray, ref_classes: list[int], got: list[dict[str, Any]]) -> list[tuple[int, int]]:
     """Greedy one-to-one matching of reference boxes (in reference order) to same-class answers, IoU >= 0.9."""
-    got_boxes = np.asarray([[d["box"][k] for k in ("x1", "y1", "x2", "y2")] for d in got], dtype=np.float64)
+    got_boxes = answer_boxes(got)
     pairs, used = [], set()
     if not len(ref_boxes) or not len(got_boxes):
         return pairs
