@@ -26,14 +26,15 @@ ROUTES = {"detect": "/v1/detect", "obb": "/v1/detect", "segment": "/v1/segment?m
           "pose": "/v1/keypoints", "classify": "/v1/classify"}
 # What each task's references must hold at least, so a comparison cannot pass on empty answers.
 MINIMUM = {"detect": 100, "segment": 50, "pose": 50, "obb": 20}
+# The tiny YOLO26 NMS-free model learned less in its budget (30 boxes): enough to check the end-to-end path.
+MINIMUM_OF_FILE = {"detect_e2e": 20}
 
 
 @pytest.fixture(scope="module")
 def served(tmp_path_factory: pytest.TempPathFactory) -> TestClient:
-    from tests.conftest import wait_until_loaded
-
     from service.app import create_app
     from service.config import Settings
+    from tests.conftest import wait_until_loaded
 
     # The fixture folder as it is: every *.onnx in it, default settings (JPEG draft on: the family turns it off).
     app = create_app(Settings(models_dir=FIXTURES, providers=["CPUExecutionProvider"]))
@@ -131,7 +132,7 @@ def test_answers_equal_ultralytics_own(served: TestClient, path: Path) -> None:
             if task == "obb":
                 corners = np.asarray(entry["xyxyxyxy"][r])
                 corner_gaps.append(float(np.abs(np.asarray(got[g]["obb"]["corners"]) - corners).max()))
-    assert total >= MINIMUM[task], f"the references hold only {total} instances"
+    assert total >= MINIMUM_OF_FILE.get(model, MINIMUM[task]), f"the references hold only {total} instances"
     assert matched / total >= 0.99, f"recall {matched}/{total}"
     assert matched / max(1, found) >= 0.99, f"precision {matched}/{found}"
     assert np.mean(score_gaps) <= 0.005
