@@ -7,7 +7,7 @@ from typing import Any
 
 from pydantic import BaseModel, Field
 
-from service.contract import DetectionSpec, InputSpec, KeypointSpec, MaskSpec, OutputSpec, Task
+from service.contract import DetectionSpec, EmbeddingSpec, InputSpec, KeypointSpec, MaskSpec, OutputSpec, Task
 
 
 class ImageInfo(BaseModel):
@@ -47,6 +47,8 @@ class ModelInfo(BaseModel):
     detection: DetectionSpec | None = Field(default=None, description="detection-style heads: strides")
     masks: MaskSpec | None = Field(default=None, description="instance masks: prototype stride and count")
     keypoints: KeypointSpec | None = Field(default=None, description="joint names and skeleton")
+    embedding: EmbeddingSpec | None = Field(
+        default=None, description="embedding models: whether vectors are normalised, the identify threshold")
     file: str
     family: str | None = Field(default=None, description="how the file was understood: stride, ultralytics")
     metadata_source: str | None = Field(

@@ -36,6 +36,7 @@ def model_info(entry: ModelEntry) -> ModelInfo:
         detection=meta.detection if meta else None,
         masks=meta.masks if meta else None,
         keypoints=meta.keypoints if meta else None,
+        embedding=meta.embedding if meta else None,
         file=entry.path.name,
         family=entry.family,
         metadata_source=entry.metadata_source,

@@ -123,3 +123,9 @@ def test_a_described_onnx_file_is_an_embedding_model_too(make_client: Callable[.
     body = client.post("/v1/embed", files={"file": png_bytes(solid(GREEN))}).json()
     assert body["model"] == "features"
     np.testing.assert_allclose(body["embedding"], expected_vector(GREEN), atol=1e-2)
+
+
+def test_models_list_shows_the_embedding_section(api: TestClient) -> None:
+    [info] = [m for m in api.get("/v1/models").json()["models"] if m["name"] == "colours"]
+    assert info["task"] == "embedding" and info["embedding"] == {"normalized": False, "threshold": 0.9}
+    assert api.get("/v1/models").json()["defaults"]["embedding"] == "colours"
