@@ -6,11 +6,14 @@ its answer has been sent, so a refusal costs only the headers' parsing and a sho
 The limit adapts to the model's measured service time (a CoDel-style rule): every INTERVAL_S it looks at
 the fastest request answered in that interval. If even the fastest took longer than the target, requests
 are standing in a queue (sustained overload) and the limit shrinks; otherwise it grows back, one place per
-interval, up to the model's `max_queue` (STRIDE_MAX_QUEUE or its STRIDE_BATCHING override). A burst at a
+interval (a quarter more each time), up to the model's `max_queue` (STRIDE_MAX_QUEUE or its STRIDE_BATCHING override). A burst at a
 load the model sustains leaves some requests fast, so it is absorbed up to `max_queue` instead of refused;
 under overload the limit settles near what the model answers within the target, which bounds the accepted
 requests' latency. The target is TARGET_FACTOR x the fastest answer the model has given (its service time
-unloaded), at least TARGET_FLOOR_S. docs/performance.md ("Overload") has the measurements behind it.
+unloaded), at least the floor (STRIDE_ADMISSION_TARGET_MS, 50 ms by default): a request sharing a full
+batch legitimately waits for one batch to run and one to form, so a tight floor would refuse a closed loop
+the model sustains (32 connections on LeNet-5 answer in ~25 ms). docs/performance.md ("Overload") has the
+measurements behind it.
 
 Used only from the event loop, so it needs no lock; the clock is injected for tests.
 """
@@ -24,7 +27,7 @@ from dataclasses import dataclass
 
 INTERVAL_S = 0.1
 TARGET_FACTOR = 5.0
-TARGET_FLOOR_S = 0.005
+DEFAULT_TARGET_FLOOR_S = 0.05
 SHRINK = 0.7
 MIN_LIMIT = 2  # one request decoding while another runs: below this the model idles between requests
 
@@ -39,8 +42,10 @@ class _ModelAdmission:
 
 
 class AdmissionGate:
-    def __init__(self, clock: Callable[[], float] = time.perf_counter) -> None:
+    def __init__(self, clock: Callable[[], float] = time.perf_counter,
+                 target_floor_s: float = DEFAULT_TARGET_FLOOR_S) -> None:
         self._clock = clock
+        self._target_floor_s = target_floor_s
         self._models: dict[str, _ModelAdmission] = {}
 
     def try_admit(self, model: str, max_limit: int) -> float | None:
@@ -63,7 +68,7 @@ class AdmissionGate:
         state.window_fastest = min(state.window_fastest, took)
         state.fastest_ever = min(state.fastest_ever, took)
         if now >= state.window_end:
-            self._adapt(state, max_limit)
+            self._adapt(state, max_limit, self._target_floor_s)
             state.window_end, state.window_fastest = now + INTERVAL_S, math.inf
 
     def limit(self, model: str) -> int | None:
@@ -75,9 +80,9 @@ class AdmissionGate:
         return state.in_flight if state else 0
 
     @staticmethod
-    def _adapt(state: _ModelAdmission, max_limit: int) -> None:
-        target = max(TARGET_FLOOR_S, TARGET_FACTOR * state.fastest_ever)
+    def _adapt(state: _ModelAdmission, max_limit: int, target_floor_s: float) -> None:
+        target = max(target_floor_s, TARGET_FACTOR * state.fastest_ever)
         if state.window_fastest > target:  # even the fastest waited: a standing queue
             state.limit = max(MIN_LIMIT, min(max_limit, math.floor(state.limit * SHRINK)))
-        else:
-            state.limit = min(max_limit, state.limit + 1)
+        else:  # recover within a couple of seconds, not one place per interval from the floor
+            state.limit = min(max_limit, state.limit + max(1, state.limit // 4))

@@ -80,7 +80,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.draining = False
     install_error_handlers(app, metrics)
     app.add_middleware(HtmlSecurityHeaders)  # inside the request context: pages get their CSP
-    app.state.admission = AdmissionGate()
+    app.state.admission = AdmissionGate(target_floor_s=settings.admission_target_ms / 1000)
     # Inside the request context (keys, request id, metrics, access log apply), before any body is read.
     app.add_middleware(EarlyAdmission, registry=registry, metrics=metrics, gate=app.state.admission)
     app.add_middleware(

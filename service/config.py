@@ -70,6 +70,11 @@ class Settings(BaseSettings):
         default=2.0, ge=0, description="how long a batch waits for requests still being decoded; never when alone"
     )
     max_queue: int = Field(default=256, ge=1, description="requests in flight per model before 503 overloaded")
+    admission_target_ms: float = Field(
+        default=50.0, gt=0,
+        description="latency target of the adaptive admission limit: when even the fastest answer of a 100 ms "
+        "window takes longer, the model's limit shrinks (503 sooner); it grows back when answers are fast",
+    )
     batching: dict[str, dict[str, float]] = Field(
         default_factory=dict,
         description='per-model overrides, JSON, e.g. {"lenet5": {"max_batch_size": 64, "max_wait_ms": 1}}',

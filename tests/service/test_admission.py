@@ -45,7 +45,7 @@ def run_interval(gate: AdmissionGate, clock: Clock, seconds_each: float, request
 
 def test_the_limit_shrinks_under_a_standing_queue_and_grows_back() -> None:
     clock = Clock()
-    gate = AdmissionGate(clock)
+    gate = AdmissionGate(clock, target_floor_s=0.005)
     run_interval(gate, clock, 0.001, 3)  # unloaded: 1 ms per request is the model's service time
     assert gate.limit("m") == 16
     limits = []
@@ -53,14 +53,14 @@ def test_the_limit_shrinks_under_a_standing_queue_and_grows_back() -> None:
         run_interval(gate, clock, 0.030, 3)
         limits.append(gate.limit("m"))
     assert limits == sorted(limits, reverse=True) and limits[-1] == MIN_LIMIT
-    for _ in range(20):  # fast again: one place back per interval, up to max_queue and no further
+    for _ in range(20):  # fast again: a quarter more per interval, up to max_queue and no further
         run_interval(gate, clock, 0.001, 3)
     assert gate.limit("m") == 16
 
 
 def test_a_burst_with_some_fast_answers_keeps_the_full_limit() -> None:
     clock = Clock()
-    gate = AdmissionGate(clock)
+    gate = AdmissionGate(clock, target_floor_s=0.005)
     run_interval(gate, clock, 0.001, 3)
     for _ in range(5):  # queued requests are slow, but one per interval still goes straight through
         started = gate.try_admit("m", 16)
@@ -144,3 +144,16 @@ def test_the_gated_routes_are_the_apps_inference_routes(client: TestClient) -> N
     tensor_routes = {p for p in posts if p.startswith("/v2/") and p.endswith("/infer")}
     assert tensor_routes and all(TENSOR_ROUTE.match(p.replace("{name}", "m").replace("{version}", "1"))
                                  for p in tensor_routes)
+
+
+@pytest.mark.parametrize(("floor_s", "each_s", "shrinks"), [(0.05, 0.030, False), (0.05, 0.080, True),
+                                                            (0.005, 0.030, True)])
+def test_the_target_floor_lets_a_sustained_closed_loop_through(floor_s: float, each_s: float, shrinks: bool) -> None:
+    """Answers that each wait for a full batch (30 ms on a 1 ms model) are not a standing queue under the
+    default 50 ms floor; over the floor they are."""
+    clock = Clock()
+    gate = AdmissionGate(clock, target_floor_s=floor_s)
+    run_interval(gate, clock, 0.001, 3)
+    for _ in range(4):
+        run_interval(gate, clock, each_s, 3)
+    assert (gate.limit("m") < 16) is shrinks
