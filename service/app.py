@@ -40,6 +40,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        app.state.draining = False  # a (re)started app serves; the end of the previous run drained it
         app.state.executor = ThreadPoolExecutor(settings.worker_threads, thread_name_prefix="stride-worker")
         app.state.engine = Engine(settings, metrics, app.state.executor)
         # Load in the background so /health/live answers at once and /health/ready says "loading".
