@@ -1,11 +1,14 @@
 """A training checkpoint: weights plus everything needed to rebuild, export and describe the model.
 
 Stored with torch.save as plain Python containers and tensors only, so `torch.load(weights_only=True)`
-reads it: no pickled classes, no code executed on load.
+reads it: no pickled classes, no code executed on load. Every checkpoint of every task (classifier, dense,
+semantic, resume state) is read through `load_payload`, which refuses anything else: a checkpoint path
+comes from the user, and unpickling an arbitrary object runs code.
 """
 
 from __future__ import annotations
 
+import pickle
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -17,6 +20,34 @@ from service.contract import InputSpec
 from training.models import get_arch
 
 FORMAT_VERSION = 1
+
+
+class UnsafeCheckpointError(ValueError):
+    """The file holds Python objects other than tensors and plain containers; it is not loaded."""
+
+
+def load_payload(path: str | Path) -> Any:
+    """The checkpoint's contents (tensors, dicts, lists, str, int, float, bool, None), on the CPU.
+
+    Loaded with `weights_only=True` only; a file that needs more (a pickled class, a dataclass, an
+    arbitrary object) raises UnsafeCheckpointError and nothing in it is executed.
+    """
+    try:
+        return torch.load(Path(path), map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as exc:
+        raise UnsafeCheckpointError(
+            f"{path}: refused: it holds pickled Python objects, not only tensors and plain containers, and "
+            f"loading it could run code ({refusal_reason(exc)}); Stride checkpoints store configs as plain dicts"
+        ) from exc
+
+
+def refusal_reason(exc: Exception) -> str:
+    """The one line of torch's long weights-only message that names the offending object."""
+    for line in str(exc).splitlines():
+        _, marker, detail = line.partition("WeightsUnpickler error:")
+        if marker:
+            return detail.split(" was not an allowed global")[0].strip()
+    return "not a weights-only file"
 
 
 @dataclass
@@ -58,7 +89,7 @@ class Checkpoint:
 
     @classmethod
     def load(cls, path: str | Path) -> Checkpoint:
-        payload = torch.load(Path(path), map_location="cpu", weights_only=True)
+        payload = load_payload(path)
         version = payload.get("format_version")
         if version != FORMAT_VERSION:
             raise ValueError(f"{path}: checkpoint format {version!r}, this code reads {FORMAT_VERSION}")

@@ -49,6 +49,7 @@ from service.contract import (
 )
 from service.preprocess import Geometry, prepare
 from training.bundle import describe_machine
+from training.checkpoint import load_payload
 from training.export import (
     OPSET,
     png_base64,
@@ -373,7 +374,7 @@ class SegCheckpoint:
 
     @classmethod
     def load(cls, path: str | Path) -> SegCheckpoint:
-        payload = torch.load(Path(path), map_location="cpu", weights_only=True)
+        payload = load_payload(path)
         if payload.get("task") != TASK or payload.get("format_version") != FORMAT_VERSION:
             raise ValueError(f"{path}: not a semantic segmentation checkpoint of format {FORMAT_VERSION}")
         return cls(
@@ -391,7 +392,7 @@ class SegCheckpoint:
 
 def is_semantic_checkpoint(path: str | Path) -> bool:
     try:
-        payload = torch.load(Path(path), map_location="cpu", weights_only=True)
+        payload = load_payload(path)
     except Exception:
         return False
     return isinstance(payload, dict) and payload.get("task") == TASK

@@ -32,7 +32,7 @@ from tqdm import tqdm
 
 from service.contract import InputSpec
 from training import distributed
-from training.checkpoint import Checkpoint
+from training.checkpoint import Checkpoint, load_payload
 from training.data import ImageSplits, render_batch
 from training.models import get_arch
 
@@ -228,7 +228,7 @@ def fit(
     resumed = resume and state_path is not None and state_path.exists()
     if resumed:
         assert state_path is not None
-        state = torch.load(state_path, map_location="cpu", weights_only=True)
+        state = load_payload(state_path)
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         generator.set_state(state["generator"])

@@ -81,9 +81,9 @@ def _is_dense_file(path: Path) -> bool:
         props = {p.key: p.value for p in onnx.load(str(path), load_external_data=False).metadata_props}
         return json.loads(props.get("task", '""')) in ("detection", "instance_segmentation", "keypoints")
     try:
-        import torch
+        from training.checkpoint import load_payload
 
-        ckpt = torch.load(path, map_location="cpu", weights_only=False)
+        ckpt = load_payload(path)  # weights_only: a file with pickled objects is refused, never run
         return isinstance(ckpt, dict) and ckpt.get("kind") == "dense"
     except Exception:
         return False

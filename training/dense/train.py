@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from training.checkpoint import load_payload
 from training.data.coco import CocoDataset, ann_to_mask, load_coco
 from training.dense.data import Sample, collate, default_input_spec, to_sample
 from training.dense.targets import dense_loss
@@ -79,7 +80,7 @@ def train_dense(task: str, data_dir: Path, out_dir: Path, config: DenseTrainConf
                        **(model_overrides or {}))
     model = DenseModel(mcfg)
     if config.init:
-        model.load_state_dict(torch.load(config.init, map_location="cpu", weights_only=False)["state_dict"])
+        model.load_state_dict(load_payload(config.init)["state_dict"])
     t0 = time.time()
     samples = load_samples(data, task, spec, mcfg.prototype_stride)
     log.info("loaded %d samples in %.1f s", len(samples), time.time() - t0)
@@ -104,7 +105,7 @@ def train_dense(task: str, data_dir: Path, out_dir: Path, config: DenseTrainConf
     history: list[dict] = []
     earlier_seconds = 0.0
     if config.init:  # continue the first stage's record, so the card shows the whole run
-        first = torch.load(config.init, map_location="cpu", weights_only=False)
+        first = load_payload(config.init)
         history = [dict(row, stage=1) for row in first.get("history", [])]
         earlier_seconds = float(first.get("train_seconds", 0.0))
     offset = len(history)
@@ -159,7 +160,8 @@ def train_dense(task: str, data_dir: Path, out_dir: Path, config: DenseTrainConf
 
 
 def load_dense(path: Path) -> tuple[DenseModel, dict]:
-    ckpt = torch.load(path, map_location="cpu", weights_only=False)
+    """The model (eval mode) and the checkpoint's plain dict; loaded with weights_only=True."""
+    ckpt = load_payload(path)
     model = DenseModel(DenseConfig(**ckpt["model_config"]))
     model.load_state_dict(ckpt["state_dict"])
     model.eval()
