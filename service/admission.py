@@ -5,8 +5,8 @@ its answer has been sent, so a refusal costs only the headers' parsing and a sho
 
 The limit adapts to the model's measured service time (a CoDel-style rule): every INTERVAL_S it looks at
 the fastest request answered in that interval. If even the fastest took longer than the target, requests
-are standing in a queue (sustained overload) and the limit shrinks; otherwise it grows back, one place per
-interval (a quarter more each time), up to the model's `max_queue` (STRIDE_MAX_QUEUE or its STRIDE_BATCHING override). A burst at a
+are standing in a queue (sustained overload) and the limit shrinks; otherwise it grows back by a quarter
+per interval, up to the model's `max_queue` (STRIDE_MAX_QUEUE or its STRIDE_BATCHING override). A burst at a
 load the model sustains leaves some requests fast, so it is absorbed up to `max_queue` instead of refused;
 under overload the limit settles near what the model answers within the target, which bounds the accepted
 requests' latency. The target is TARGET_FACTOR x the fastest answer the model has given (its service time

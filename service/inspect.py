@@ -59,8 +59,8 @@ def _print_graph(session: ModelSession, out: TextIO) -> None:
 
 
 def _offer_template(path: Path, session: ModelSession, *, write: bool, out: TextIO) -> None:
-    text = TEMPLATE_HEADER.format(file=path.name) + yaml.safe_dump(template_for(path, session), sort_keys=False, default_flow_style=None,
-                                                                    width=100)
+    template = yaml.safe_dump(template_for(path, session), sort_keys=False, default_flow_style=None, width=100)
+    text = TEMPLATE_HEADER.format(file=path.name) + template
     target = sidecar_path(path)
     if write and target.exists():
         print(f"\n{target.name} exists already; not overwritten. Template:\n{text}", file=out)

@@ -73,7 +73,7 @@ def resize_to_input(image: Image.Image, spec: InputSpec) -> tuple[Image.Image, G
         new_w, new_h = (short, int(short * h / w)) if w <= h else (int(short * w / h), short)
     else:
         new_w, new_h = int(out_w / spec.crop_fraction), int(out_h / spec.crop_fraction)
-    left, top = int(round((new_w - out_w) / 2.0)), int(round((new_h - out_h) / 2.0))
+    left, top = round((new_w - out_w) / 2.0), round((new_h - out_h) / 2.0)  # Python's round, as torchvision
     resized = image if (w, h) == (new_w, new_h) else _resize(image, (new_w, new_h), spec)
     cropped = resized.crop((left, top, left + out_w, top + out_h))
     return cropped, Geometry(w, h, out_w, out_h, new_w / w, new_h / h, float(-left), float(-top))
