@@ -9,6 +9,7 @@ comes from the user, and unpickling an arbitrary object runs code.
 from __future__ import annotations
 
 import pickle
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -42,11 +43,10 @@ def load_payload(path: str | Path) -> Any:
 
 
 def refusal_reason(exc: Exception) -> str:
-    """The one line of torch's long weights-only message that names the offending object."""
-    for line in str(exc).splitlines():
-        _, marker, detail = line.partition("WeightsUnpickler error:")
-        if marker:
-            return detail.split(" was not an allowed global")[0].strip()
+    """The object torch's long weights-only message names (its wording differs by cause), e.g. GLOBAL os.system."""
+    found = re.search(r"GLOBAL [\w.]+", str(exc))
+    if found:
+        return found.group(0)
     return "not a weights-only file"
 
 

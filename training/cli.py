@@ -1,5 +1,7 @@
-"""`python -m training` / `stride-train`: bundle, train, export, evaluate.
+"""`python -m training` / `stride-train`: data, train, export, evaluate, bundle (each with its own --help).
 
+    python -m training data scenes --out data/scenes --count 2000 --seed 1
+    python -m training train --task TASK --help   (classification, the default, and every other task)
     python -m training bundle --models-dir models [--only lenet5]
     python -m training train --arch lenet5 --data digits --out runs/lenet5 [--epochs 100 --seed 0 ...]
     python -m training export runs/lenet5/checkpoint.pt --out models/lenet5.onnx [--card]
@@ -29,15 +31,16 @@ from typing import Any
 
 from training import distributed
 from training.bundle import BUNDLED, build_bundle, describe_machine
-from training.checkpoint import Checkpoint
+from training.checkpoint import Checkpoint, UnsafeCheckpointError
 from training.data import DATASETS, DEFAULT_SPLIT_SEED, load_dataset
-from training.dense.cli import DENSE_BUNDLED, dense_main, run_dense_bundle, wants_dense
+from training.dense.cli import DENSE_BUNDLED, DENSE_TASKS, add_data_command, dense_main, run_dense_bundle, wants_dense
 from training.evaluate import EvalReport, evaluate_test_split, read_metadata, score_checkpoint
 from training.export import export_checkpoint, load_checkpoint_splits
 from training.models import ARCHS
 from training.quantize import export_fp16, export_int8
 from training.report import CardContext, plot_confusion_matrix, plot_training_curves, write_json, write_model_card
 from training.semantic import SEMANTIC_BUNDLED, run_semantic_bundle, semantic_main, wants_semantic
+from training.semantic import TASK as SEMANTIC_TASK
 from training.tasks import embedding
 from training.train import TrainConfig, choose_input_spec, train_checkpoint
 
@@ -56,12 +59,20 @@ def main(argv: Sequence[str] | None = None) -> int:
         return dense_main(argv)
     args = build_parser().parse_args(argv)
     args.argv = argv  # recorded in checkpoints so a run says how it was made
-    return args.handler(args)
+    try:
+        return args.handler(args)
+    except UnsafeCheckpointError as exc:
+        raise SystemExit(str(exc)) from exc
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m training", description="Train and export Stride models.")
-    commands = parser.add_subparsers(dest="command", required=True)
+    parser = argparse.ArgumentParser(
+        prog="python -m training",
+        description="Train, export and evaluate Stride models. Each command has its own --help; "
+        "`train --task TASK --help` lists that task's options.",
+    )
+    commands = parser.add_subparsers(dest="command", required=True, metavar="{data,train,export,evaluate,bundle}")
+    add_data_command(commands)
 
     bundle = commands.add_parser("bundle", help="retrain, export and document every bundled model")
     bundle.add_argument("--models-dir", type=Path, default=Path("models"))
@@ -74,8 +85,19 @@ def build_parser() -> argparse.ArgumentParser:
     bundle.add_argument("--no-progress", action="store_true", help="no progress bar")
     bundle.set_defaults(handler=run_bundle)
 
-    train = commands.add_parser("train", help="train one model, write a checkpoint")
-    train.add_argument("--arch", required=True, choices=sorted(ARCHS))
+    train = commands.add_parser(
+        "train",
+        help="train one model of any task, write a checkpoint",
+        description="Train one model and write --out/checkpoint.pt. The options below are the classification "
+        "task's; `train --task TASK --help` lists another task's.",
+    )
+    train.add_argument(
+        "--task",
+        default="classification",
+        choices=["classification", *DENSE_TASKS, SEMANTIC_TASK, embedding.TASK],
+        help="what the model predicts (default classification)",
+    )
+    train.add_argument("--arch", required=True, choices=sorted(ARCHS), help="classification architecture")
     train.add_argument("--data", required=True, help=f"{' | '.join(sorted(DATASETS))} | DIR (class-per-folder images)")
     train.add_argument("--image-size", type=int, default=0, help="input size for folder data (default: the arch's)")
     train.add_argument("--resume", action="store_true", help="continue from --out/last.pt if it exists")
@@ -92,7 +114,12 @@ def build_parser() -> argparse.ArgumentParser:
     add_dataclass_options(train, TrainConfig)
     train.set_defaults(handler=run_train)
 
-    export = commands.add_parser("export", help="export a checkpoint to ONNX with Stride metadata")
+    export = commands.add_parser(
+        "export",
+        help="export a checkpoint of any task to ONNX with Stride metadata",
+        description="Export a checkpoint (the file says its task) to ONNX with Stride metadata; --quantize "
+        "and --fp16 apply to classifiers.",
+    )
     export.add_argument("checkpoint", type=Path)
     export.add_argument("--out", type=Path, required=True, help="e.g. models/NAME.onnx")
     export.add_argument("--model-version", default="1.0.0")
@@ -101,7 +128,12 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument("--fp16", action="store_true", help="also write NAME-fp16.onnx (for GPU providers)")
     export.set_defaults(handler=run_export)
 
-    evaluate = commands.add_parser("evaluate", help="held-out test metrics of an ONNX model via ONNX Runtime")
+    evaluate = commands.add_parser(
+        "evaluate",
+        help="held-out metrics of an ONNX model of any task via ONNX Runtime",
+        description="Held-out metrics of an exported model (the file says its task) via ONNX Runtime; --data "
+        "and --split-seed apply to classifiers.",
+    )
     evaluate.add_argument("model", type=Path)
     evaluate.add_argument("--data", default="digits", help=f"{' | '.join(sorted(DATASETS))} | DIR")
     evaluate.add_argument("--split-seed", type=int, default=DEFAULT_SPLIT_SEED)

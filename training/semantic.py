@@ -11,9 +11,10 @@ background, class 0. Labels are "background" followed by the category names in c
 
 Every image goes through `service.preprocess.prepare` (a 128x128 letterbox), exactly as the service sends
 it to the model; its class map gets the same letterbox with nearest-neighbour resizing, and the padding
-is ignored by the loss. The model outputs logits at the full input resolution; like the service, the
-evaluation crops the letterbox padding off the logits, resizes them bilinearly to the original image size
-and takes the argmax there, then scores that class map against the original-resolution ground truth.
+is ignored by the loss. The model outputs logits at the full input resolution; the evaluation decodes them
+with the service's own decoder (training.decoding: letterbox padding cropped, logits resized bilinearly to
+the original image size, argmax there) and scores that class map against the original-resolution ground
+truth, so the metrics are those of the served answers.
 """
 
 from __future__ import annotations
@@ -50,6 +51,7 @@ from service.contract import (
 from service.preprocess import Geometry, prepare
 from training.bundle import describe_machine
 from training.checkpoint import load_payload
+from training.decoding import decode_class_ids, served_model
 from training.export import (
     OPSET,
     png_base64,
@@ -243,26 +245,6 @@ def segmentation_metrics(conf: np.ndarray, labels: Sequence[str]) -> dict[str, f
     return metrics
 
 
-# ---------------------------------------------------------------------------------------------- decoding
-def logits_to_class_map(logits: np.ndarray, geometry: Geometry) -> np.ndarray:
-    """[classes, h, w] input-resolution logits -> [H, W] class map of the ORIGINAL image, as the service
-    decodes it: crop the letterbox padding, bilinear resize of each class's logits, argmax."""
-    width, height = geometry.original_width, geometry.original_height
-    left, top = geometry.offset_x, geometry.offset_y
-    box = (left, top, left + width * geometry.scale_x, top + height * geometry.scale_y)
-    resized = np.stack(
-        [
-            np.asarray(
-                Image.fromarray(np.ascontiguousarray(channel, dtype=np.float32), "F").resize(
-                    (width, height), Image.Resampling.BILINEAR, box=box
-                )
-            )
-            for channel in logits
-        ]
-    )
-    return resized.argmax(0).astype(np.uint8)
-
-
 # ---------------------------------------------------------------------------------------------- evaluation
 @dataclass
 class SegReport:
@@ -286,32 +268,35 @@ def open_session(model: str | Path | bytes) -> Any:
 
 
 def predict_maps(
-    run: Callable[[np.ndarray], np.ndarray], images: Sequence[Image.Image], spec: InputSpec, batch_size: int = 16
+    run: Callable[[np.ndarray], list[np.ndarray]], images: Sequence[Image.Image], meta: ModelMetadata,
+    batch_size: int = 16,
 ) -> Iterator[np.ndarray]:
-    """Original-resolution class maps of `images`; `run` maps a [N, C, H, W] batch to [N, classes, H, W]."""
+    """Original-resolution class maps of `images`, decoded by the service's own code (training.decoding);
+    `run` maps a [N, C, H, W] batch to the model's outputs, in the session's order."""
+    model = served_model(meta)
+    spec = meta.input
     for start in range(0, len(images), batch_size):
         prepared = [prepare(image.convert(spec.color_mode), spec) for image in images[start : start + batch_size]]
-        logits = run(np.stack([x for x, _ in prepared]))
-        for one, (_x, geometry) in zip(logits, prepared, strict=True):
-            yield logits_to_class_map(one, geometry)
+        outputs = run(np.stack([x for x, _ in prepared]))
+        for i, (_x, geometry) in enumerate(prepared):
+            yield decode_class_ids(model, [output[i] for output in outputs], geometry)
 
 
 def evaluate_onnx(model: str | Path | bytes, data: SegmentationSet, seed: int | None = None) -> SegReport:
-    """Score an exported model through ONNX Runtime: prepare() -> ORT -> service-style decode -> metrics
+    """Score an exported model through ONNX Runtime: prepare() -> ORT -> the service's decoder -> metrics
     against the original-resolution class maps. Input spec from the model's metadata."""
     from service.contract import from_metadata_props
 
     session = open_session(model)
     meta = from_metadata_props(session.get_modelmeta().custom_metadata_map)
     input_name = session.get_inputs()[0].name
-    out_index = meta.output("logits")
 
-    def run(x: np.ndarray) -> np.ndarray:
-        return session.run(None, {input_name: x})[out_index]
+    def run(x: np.ndarray) -> list[np.ndarray]:
+        return session.run(None, {input_name: x})
 
     n = len(meta.labels)
     conf = np.zeros((n, n), dtype=np.int64)
-    for pred, truth in zip(predict_maps(run, data.images, meta.input), data.maps, strict=True):
+    for pred, truth in zip(predict_maps(run, data.images, meta), data.maps, strict=True):
         conf += confusion(pred, truth, n)
     return SegReport(list(meta.labels), len(data), seed, segmentation_metrics(conf, meta.labels), conf.tolist())
 
@@ -764,14 +749,14 @@ def plot_training(history: list[dict[str, float]], best_epoch: int, path: Path) 
 
 
 def example_predictions(model_path: Path, data: SegmentationSet, path: Path, count: int = 4) -> None:
-    """Rows of input | ground truth | prediction (ONNX Runtime, service-style decoding), 2x enlarged."""
+    """Rows of input | ground truth | prediction (ONNX Runtime, the service's own decoder), 2x enlarged."""
     session = open_session(model_path)
     from service.contract import from_metadata_props
 
     meta = from_metadata_props(session.get_modelmeta().custom_metadata_map)
     name = session.get_inputs()[0].name
     images = data.images[:count]
-    preds = list(predict_maps(lambda x: session.run(None, {name: x})[0], images, meta.input))
+    preds = list(predict_maps(lambda x: session.run(None, {name: x}), images, meta))
     w, h = images[0].size
     gap = 4
     sheet = Image.new("RGB", (3 * w + 2 * gap, len(images) * h + (len(images) - 1) * gap), (255, 255, 255))

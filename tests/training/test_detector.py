@@ -1,4 +1,5 @@
-"""Dense head: target assignment, box/joint decoding, losses, numpy NMS and post-processing, ONNX export."""
+"""Dense head: target assignment, box/joint decoding, losses, ONNX export. (Post-processing is the service's own:
+tests/training/test_decoding.py and tests/service/tasks.)"""
 
 from __future__ import annotations
 
@@ -10,7 +11,6 @@ import torch
 
 from service.preprocess import Geometry
 from training.dense.data import collate, default_input_spec, input_mask, to_sample
-from training.dense.evaluate import decode_masks, iou_matrix, nms, postprocess
 from training.dense.export import trace
 from training.dense.targets import assign, box_iou_pairs, dense_loss
 from training.models.detector import DenseConfig, DenseModel
@@ -79,62 +79,6 @@ def test_box_iou_pairs():
     iou, giou = box_iou_pairs(a, b)
     assert iou[0] == pytest.approx(1.0) and giou[0] == pytest.approx(1.0)
     assert iou[1] == pytest.approx(0.0) and giou[1] == pytest.approx(-(300 - 200) / 300, abs=1e-6)
-
-
-def brute_force_nms(boxes, scores, classes, thr):
-    keep = []
-    alive = list(range(len(scores)))
-    while alive:
-        best = max(alive, key=lambda i: (scores[i], -i))
-        keep.append(best)
-        alive = [i for i in alive if i != best and not (
-            classes[i] == classes[best] and iou_matrix(boxes[[i]], boxes[[best]])[0, 0] > thr)]
-    return keep
-
-
-def test_nms_matches_brute_force():
-    rng = np.random.default_rng(0)
-    for _ in range(30):
-        n = int(rng.integers(0, 40))
-        xy = rng.uniform(0, 50, (n, 2))
-        boxes = np.concatenate([xy, xy + rng.uniform(5, 30, (n, 2))], 1)
-        scores = rng.random(n).round(2)  # ties happen
-        classes = rng.integers(0, 3, n)
-        assert nms(boxes, scores, classes, 0.45).tolist() == brute_force_nms(boxes, scores, classes, 0.45)
-
-
-def test_postprocess_filters_nms_and_undoes_letterbox():
-    g = Geometry(160, 120, 128, 128, 0.8, 0.8, 0.0, 16.0)
-    boxes = np.zeros((6, 4), np.float32)
-    boxes[0] = [8, 24, 48, 64]
-    boxes[1] = [9, 25, 48, 64]  # duplicate of 0, lower score: suppressed
-    boxes[2] = [9, 25, 48, 64]  # same place, other class: kept
-    boxes[3] = [60, 60, 100, 100]  # below the score threshold
-    boxes[4] = [-10, 0, 20, 30]  # clipped to the image
-    scores = np.zeros((6, 2), np.float32)
-    scores[0, 0], scores[1, 0], scores[2, 1], scores[3, 0], scores[4, 1] = 0.9, 0.8, 0.7, 0.2, 0.5
-    det = postprocess({"boxes": boxes, "scores": scores}, g)
-    assert det.candidates.tolist() == [0, 2, 4]
-    assert det.classes.tolist() == [0, 1, 1]
-    assert np.allclose(det.boxes[0], [10, 10, 60, 60])
-    assert np.allclose(det.boxes[2], [0, 0, 25, 17.5])
-
-
-def test_mask_decoding_crops_to_box_and_maps_back():
-    g = Geometry(160, 120, 128, 128, 0.8, 0.8, 0.0, 16.0)
-    protos = np.full((1, 32, 32), 10.0, np.float32)  # everywhere "inside"
-    box = np.array([[10.0, 10.0, 60.5, 60.0]])  # original pixels
-    masks = decode_masks(np.ones((1, 1), np.float32), protos, box, g)
-    ys, xs = np.nonzero(masks[0])
-    assert (xs.min(), xs.max(), ys.min(), ys.max()) == (10, 60, 10, 59)  # cropped to the box exactly
-    assert masks[0].sum() == 51 * 50
-    empty = decode_masks(-np.ones((1, 1), np.float32), protos, box, g)
-    assert not empty.any()
-    # left half of the prototypes on: the mask's edge lands where the letterbox maps it (input x 64 -> 80)
-    half = np.where(np.arange(32)[None, None, :] < 16, 10.0, -10.0).astype(np.float32).repeat(32, 1)
-    full = decode_masks(np.ones((1, 1), np.float32), half, np.array([[0.0, 0.0, 160.0, 120.0]]), g)
-    cols = np.flatnonzero(full[0].any(0))
-    assert cols.min() == 0 and abs(cols.max() - 79) <= 1
 
 
 def test_input_mask_is_letterboxed():

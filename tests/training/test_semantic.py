@@ -15,9 +15,18 @@ from PIL import Image
 from pycocotools import mask as mask_utils
 from pycocotools.coco import COCO
 
-from service.contract import InputSpec, Interpolation, ResizePolicy, Task, from_metadata_props
-from service.preprocess import prepare
+from service.contract import (
+    InputSpec,
+    Interpolation,
+    ModelMetadata,
+    OutputSpec,
+    ResizePolicy,
+    Task,
+    from_metadata_props,
+)
+from service.preprocess import Geometry, prepare
 from training import semantic as S
+from training.decoding import decode_class_ids, served_model
 from training.models.segmenter import SegmenterConfig, UNet
 
 # ---------------------------------------------------------------------------------------------- class maps
@@ -150,13 +159,21 @@ def _step_logits(rows_or_cols: str, spans: list[tuple[int, int, int]], size: int
     return logits
 
 
+def _served_class_ids(logits: np.ndarray, geometry: Geometry, spec: InputSpec) -> np.ndarray:
+    """What training's evaluation scores: the service's own decoding of a semantic model's logits."""
+    meta = ModelMetadata(task=Task.SEMANTIC_SEGMENTATION, labels=[str(c) for c in range(len(logits))], input=spec,
+                         outputs=[OutputSpec(name=S.OUTPUT_NAME, layout=S.OUTPUT_LAYOUT, kind="logits")],
+                         model_version="1", architecture="test", training_data="none")
+    return decode_class_ids(served_model(meta), [logits], geometry)
+
+
 def test_decode_crops_letterbox_and_resizes_to_the_original_size() -> None:
     spec = InputSpec(height=8, width=8, channels=3, resize=ResizePolicy.LETTERBOX, mean=(0, 0, 0), std=(1, 1, 1))
     # 16x8 (W x H) image -> 8x4 letterboxed at top=2: input rows 2-3 = original rows 0-3, rows 4-5 = 4-7.
     _x, geometry = prepare(Image.new("RGB", (16, 8)), spec)
     assert (geometry.offset_x, geometry.offset_y, geometry.scale_y) == (0.0, 2.0, 0.5)
     logits = _step_logits("rows", [(1, 2, 4), (2, 4, 6)])  # padding rows 0-1, 6-7 say background
-    got = S.logits_to_class_map(logits, geometry)
+    got = _served_class_ids(logits, geometry, spec)
     expected = np.zeros((8, 16), dtype=np.uint8)
     expected[:4], expected[4:] = 1, 2
     np.testing.assert_array_equal(got, expected)  # no background: the padding was cropped
@@ -164,7 +181,7 @@ def test_decode_crops_letterbox_and_resizes_to_the_original_size() -> None:
     # A tall 4x8 image: padding left and right, input columns 2-3 and 4-5 hold the image.
     _x, geometry = prepare(Image.new("RGB", (4, 8)), spec)
     assert (geometry.offset_x, geometry.offset_y) == (2.0, 0.0)
-    got = S.logits_to_class_map(_step_logits("cols", [(1, 2, 4), (2, 4, 6)]), geometry)
+    got = _served_class_ids(_step_logits("cols", [(1, 2, 4), (2, 4, 6)]), geometry, spec)
     expected = np.zeros((8, 4), dtype=np.uint8)
     expected[:, :2], expected[:, 2:] = 1, 2
     np.testing.assert_array_equal(got, expected)
@@ -182,7 +199,7 @@ def test_decode_bilinear_boundary() -> None:
     logits = np.zeros((2, 4, 4), dtype=np.float32)
     logits[1, :, 2:] = 1.0  # class 1 ahead on the right half
     logits[1, :, :2] = -1.0
-    got = S.logits_to_class_map(logits, geometry)
+    got = _served_class_ids(logits, geometry, spec)
     np.testing.assert_array_equal(got[:, :4], 0)
     np.testing.assert_array_equal(got[:, 4:], 1)
 

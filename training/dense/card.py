@@ -10,7 +10,7 @@ from PIL import Image, ImageDraw
 
 from service.preprocess import prepare
 from training.data import scenes
-from training.dense.evaluate import postprocess
+from training.decoding import decode_detections, full_mask, served_model
 from training.dense.export import EVAL_COUNT, GOLDEN_SEED, DenseExportResult, run_session
 from training.evaluate import open_session
 
@@ -38,28 +38,29 @@ def loss_plot(history: list[dict], path: Path) -> None:
 
 
 def example_prediction(model_path: Path, path: Path, zoom: int = 3) -> None:
-    """Predictions of the exported model (ORT, service post-processing) on held-out scenes."""
+    """Predictions of the exported model (ORT, the service's own decoder) on held-out scenes."""
     session = open_session(model_path)
     from service.contract import from_metadata_props
 
     meta = from_metadata_props(session.get_modelmeta().custom_metadata_map)
+    model = served_model(meta)
     tiles = []
     for _i, image, _a, _s in scenes.generate(4, GOLDEN_SEED + 7):
         x, geometry = prepare(image, meta.input)
-        out = {k: v[0] for k, v in run_session(session, x[None]).items()}
-        det = postprocess(out, geometry)
+        det = decode_detections(model, [v[0] for v in run_session(session, x[None]).values()], geometry)
         canvas = np.asarray(image, dtype=np.float32).copy()
         if det.masks is not None:
-            for k, m in enumerate(det.masks):
+            for k, local in enumerate(det.masks):
+                m = full_mask(local, image.height, image.width)
                 canvas[m] = 0.5 * canvas[m] + 0.5 * np.array(PALETTE[k % len(PALETTE)])
         big = Image.fromarray(canvas.astype(np.uint8)).resize((image.width * zoom, image.height * zoom),
                                                               Image.Resampling.NEAREST)
         draw = ImageDraw.Draw(big)
-        for k in range(len(det.scores)):
-            colour = PALETTE[int(det.classes[k]) % len(PALETTE)]
+        for k in range(len(det)):
+            colour = PALETTE[int(det.class_ids[k]) % len(PALETTE)]
             draw.rectangle([float(v) * zoom for v in det.boxes[k]], outline=colour, width=2)
             draw.text((det.boxes[k][0] * zoom + 2, det.boxes[k][1] * zoom + 1),
-                      f"{meta.labels[det.classes[k]]} {det.scores[k]:.2f}", fill=colour)
+                      f"{meta.labels[det.class_ids[k]]} {det.scores[k]:.2f}", fill=colour)
             if det.keypoints is not None:
                 kp = det.keypoints[k]
                 for a, b in meta.keypoints.skeleton:

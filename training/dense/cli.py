@@ -59,14 +59,25 @@ DENSE_BUNDLED: dict[str, DenseRecipe] = {
 }
 
 
+DENSE_TASKS = ("detection", "instance_segmentation", "keypoints")
+
+
+def requested_task(argv: Sequence[str]) -> str | None:
+    """The value of `--task T` or `--task=T` in argv, if any."""
+    for i, arg in enumerate(argv):
+        if arg == "--task" and i + 1 < len(argv):
+            return argv[i + 1]
+        if arg.startswith("--task="):
+            return arg.split("=", 1)[1]
+    return None
+
+
 def wants_dense(argv: Sequence[str]) -> bool:
-    """Whether training.cli should hand these arguments to this module."""
+    """Whether training.cli should hand these arguments to this module (`data` is training.cli's own)."""
     if not argv:
         return False
-    if argv[0] == "data":
-        return True
     if argv[0] == "train":
-        return "--task" in argv or any(a.startswith("--task=") for a in argv)
+        return requested_task(argv[1:]) in DENSE_TASKS
     if argv[0] in ("export", "evaluate") and len(argv) > 1:
         return _is_dense_file(Path(argv[1]))
     return False
@@ -79,7 +90,7 @@ def _is_dense_file(path: Path) -> bool:
         import onnx
 
         props = {p.key: p.value for p in onnx.load(str(path), load_external_data=False).metadata_props}
-        return json.loads(props.get("task", '""')) in ("detection", "instance_segmentation", "keypoints")
+        return json.loads(props.get("task", '""')) in DENSE_TASKS
     try:
         from training.checkpoint import load_payload
 
@@ -92,20 +103,12 @@ def _is_dense_file(path: Path) -> bool:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m training")
     commands = parser.add_subparsers(dest="command", required=True)
-    data = commands.add_parser("data", help="generate datasets")
-    kinds = data.add_subparsers(dest="kind", required=True)
-    sc = kinds.add_parser("scenes", help="COCO-format generated scenes (shapes and stick figures)")
-    sc.add_argument("--out", type=Path, required=True)
-    sc.add_argument("--count", type=int, required=True)
-    sc.add_argument("--seed", type=int, default=0)
-    sc.add_argument("--width", type=int, default=scenes.WIDTH)
-    sc.add_argument("--height", type=int, default=scenes.HEIGHT)
-    sc.set_defaults(handler=run_scenes)
+    add_data_command(commands)
 
     train = commands.add_parser("train", help="train a dense model on a COCO-format dataset")
-    train.add_argument("--task", required=True, choices=["detection", "instance_segmentation", "keypoints"])
+    train.add_argument("--task", required=True, choices=DENSE_TASKS)
     train.add_argument("--data", type=Path, required=True, help="folder with instances.json and the images")
-    train.add_argument("--out", type=Path, required=True)
+    train.add_argument("--out", type=Path, required=True, help="run folder: checkpoint.pt, metrics.jsonl")
     defaults = DenseTrainConfig()
     for f in fields(DenseTrainConfig):
         flag = "--" + f.name.replace("_", "-")
@@ -129,6 +132,21 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--count", type=int, default=None)
     evaluate.set_defaults(handler=run_evaluate)
     return parser
+
+
+def add_data_command(commands: argparse._SubParsersAction) -> None:
+    """`data scenes`: the generated COCO-format scenes the dense and semantic models learn from."""
+    data = commands.add_parser("data", help="generate datasets (no downloads)",
+                               description="Generate datasets; each kind has its own --help.")
+    kinds = data.add_subparsers(dest="kind", required=True)
+    sc = kinds.add_parser("scenes", help="COCO-format generated scenes (shapes and stick figures)",
+                          description="Write images/ and instances.json (boxes, masks, person keypoints).")
+    sc.add_argument("--out", type=Path, required=True, help="output folder")
+    sc.add_argument("--count", type=int, required=True, help="number of scenes")
+    sc.add_argument("--seed", type=int, default=0, help="generator seed (default 0)")
+    sc.add_argument("--width", type=int, default=scenes.WIDTH, help=f"image width (default {scenes.WIDTH})")
+    sc.add_argument("--height", type=int, default=scenes.HEIGHT, help=f"image height (default {scenes.HEIGHT})")
+    sc.set_defaults(handler=run_scenes)
 
 
 def dense_main(argv: Sequence[str]) -> int:

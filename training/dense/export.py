@@ -1,8 +1,8 @@
 """Dense checkpoint -> ONNX with Stride metadata, parity checks, ORT evaluation on fresh scenes, model card.
 
 Held-out evaluation: EVAL_COUNT scenes generated with EVAL_SEED (training uses other seeds), each run
-through `service.preprocess.prepare`, ONNX Runtime, the service's post-processing (training.dense.evaluate)
-and pycocotools.
+through `service.preprocess.prepare`, ONNX Runtime, the service's own decoder (training.decoding) and
+pycocotools (training.dense.evaluate).
 """
 
 from __future__ import annotations
@@ -33,7 +33,8 @@ from service.contract import (
 )
 from service.preprocess import prepare
 from training.data import scenes
-from training.dense.evaluate import coco_from_dict, coco_map, coco_results, postprocess
+from training.decoding import decode_detections, served_model
+from training.dense.evaluate import coco_from_dict, coco_map, coco_results
 from training.dense.train import load_dense
 from training.evaluate import open_session
 from training.export import png_base64, save_model, strip_debug_info, write_metadata
@@ -134,11 +135,11 @@ def evaluate_model(path_or_bytes, seed: int = EVAL_SEED, count: int = EVAL_COUNT
     outputs = run_session(session, x)
     label_ids = {c["name"]: c["id"] for c in gt_dict["categories"]}
     cat_ids = [label_ids[name] for name in meta.labels]
+    model = served_model(meta)
     results: dict[str, list[dict]] = {"bbox": [], "segm": [], "keypoints": []}
     for i, (_x, geometry) in enumerate(prepared):
-        one = {n: v[i] for n, v in outputs.items()}
-        det = postprocess(one, geometry)
-        for k, v in coco_results(det, i + 1, cat_ids).items():
+        det = decode_detections(model, [v[i] for v in outputs.values()], geometry)
+        for k, v in coco_results(det, i + 1, cat_ids, geometry.original_height, geometry.original_width).items():
             results[k] += v
     gt = coco_from_dict(gt_dict)
     restrict = cat_ids if meta.task is Task.KEYPOINTS else None
