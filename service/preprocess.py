@@ -44,16 +44,29 @@ class Geometry:
         return (x - self.offset_x) / self.scale_x, (y - self.offset_y) / self.scale_y
 
 
-def resize_to_input(image: Image.Image, spec: InputSpec) -> tuple[Image.Image, Geometry]:
-    """Resize (and pad or crop) an image already in `spec.color_mode` to the model's input size."""
+@dataclass(frozen=True, slots=True)
+class Fitted:
+    """An image fitted to the model's input: `pixels` (uint8, [h, w] or [h, w, c]) placed at `left`, `top` of
+    a `width` x `height` canvas whose other pixels are the pad value."""
+
+    pixels: np.ndarray
+    left: int
+    top: int
+    width: int
+    height: int
+    geometry: Geometry
+
+
+def fit_to_input(image: Image.Image, spec: InputSpec) -> Fitted:
+    """Resize (and place or crop) an image already in `spec.color_mode` for the model's input."""
     if image.mode != spec.color_mode:
         raise ValueError(f"image mode {image.mode} does not match the model's {spec.color_mode}")
     w, h = image.size
     out_w, out_h = spec.width, spec.height
 
     if spec.resize is ResizePolicy.STRETCH:
-        resized = image if (w, h) == (out_w, out_h) else _resize(image, (out_w, out_h), spec)
-        return resized, Geometry(w, h, out_w, out_h, out_w / w, out_h / h, 0.0, 0.0)
+        pixels = _resized_pixels(image, (out_w, out_h), spec)
+        return Fitted(pixels, 0, 0, out_w, out_h, Geometry(w, h, out_w, out_h, out_w / w, out_h / h, 0.0, 0.0))
 
     if spec.resize is ResizePolicy.LETTERBOX:
         ratio = min(out_w / w, out_h / h)
@@ -62,9 +75,9 @@ def resize_to_input(image: Image.Image, spec: InputSpec) -> tuple[Image.Image, G
             out_w = new_w + (out_w - new_w) % spec.pad_to_stride
             out_h = new_h + (out_h - new_h) % spec.pad_to_stride
         left, top = (out_w - new_w) // 2, (out_h - new_h) // 2  # = round(pad / 2 - 0.1), as Ultralytics
-        canvas = Image.new(spec.color_mode, (out_w, out_h), _fill(spec))
-        canvas.paste(image if (w, h) == (new_w, new_h) else _resize(image, (new_w, new_h), spec), (left, top))
-        return canvas, Geometry(w, h, out_w, out_h, new_w / w, new_h / h, float(left), float(top))
+        pixels = _resized_pixels(image, (new_w, new_h), spec)
+        geometry = Geometry(w, h, out_w, out_h, new_w / w, new_h / h, float(left), float(top))
+        return Fitted(pixels, left, top, out_w, out_h, geometry)
 
     # CENTER_CROP as torchvision's Resize(int(size / crop_fraction)) + CenterCrop(size): the short side to
     # that size (the long side truncated), then the centre; a non-square input stretches to the scaled size.
@@ -74,28 +87,53 @@ def resize_to_input(image: Image.Image, spec: InputSpec) -> tuple[Image.Image, G
     else:
         new_w, new_h = int(out_w / spec.crop_fraction), int(out_h / spec.crop_fraction)
     left, top = round((new_w - out_w) / 2.0), round((new_h - out_h) / 2.0)  # Python's round, as torchvision
-    resized = image if (w, h) == (new_w, new_h) else _resize(image, (new_w, new_h), spec)
-    cropped = resized.crop((left, top, left + out_w, top + out_h))
-    return cropped, Geometry(w, h, out_w, out_h, new_w / w, new_h / h, float(-left), float(-top))
+    pixels = _resized_pixels(image, (new_w, new_h), spec)[top:top + out_h, left:left + out_w]
+    geometry = Geometry(w, h, out_w, out_h, new_w / w, new_h / h, float(-left), float(-top))
+    return Fitted(pixels, 0, 0, out_w, out_h, geometry)
 
 
-def _resize(image: Image.Image, size: tuple[int, int], spec: InputSpec) -> Image.Image:
+def resize_to_input(image: Image.Image, spec: InputSpec) -> tuple[Image.Image, Geometry]:
+    """The fitted image as a Pillow image of the input size (what training renders its data with)."""
+    fitted = fit_to_input(image, spec)
+    canvas = np.full((fitted.height, fitted.width, *fitted.pixels.shape[2:]), spec.pad_value, dtype=np.uint8)
+    canvas[fitted.top:fitted.top + fitted.pixels.shape[0], fitted.left:fitted.left + fitted.pixels.shape[1]] = \
+        fitted.pixels
+    return Image.fromarray(canvas), fitted.geometry
+
+
+def _resized_pixels(image: Image.Image, size: tuple[int, int], spec: InputSpec) -> np.ndarray:
     """Pillow's antialiased resampling, or OpenCV's plain interpolation (what Ultralytics feeds its models)."""
+    if image.size == size:
+        return np.asarray(image)
     if spec.antialias:
-        return image.resize(size, _RESAMPLE[spec.interpolation])
-    resized = cv2.resize(np.asarray(image), size, interpolation=_CV2_INTERPOLATION[spec.interpolation])
-    return Image.fromarray(resized)
+        return np.asarray(image.resize(size, _RESAMPLE[spec.interpolation]))
+    return cv2.resize(np.asarray(image), size, interpolation=_CV2_INTERPOLATION[spec.interpolation])
 
 
 def to_tensor(image: Image.Image, spec: InputSpec) -> np.ndarray:
     """A resized image -> float32 array [C, H, W], scaled and normalised."""
-    pixels = np.asarray(image, dtype=np.float32)
-    chw = pixels[np.newaxis] if pixels.ndim == 2 else pixels.transpose(2, 0, 1)
-    if spec.channel_order == "BGR" and spec.channels == 3:
-        chw = chw[::-1]
-    mean = np.asarray(spec.mean, dtype=np.float32).reshape(-1, 1, 1)
-    std = np.asarray(spec.std, dtype=np.float32).reshape(-1, 1, 1)
-    return np.ascontiguousarray((chw * np.float32(spec.scale) - mean) / std, dtype=np.float32)
+    pixels = np.asarray(image)
+    return _normalised(Fitted(pixels, 0, 0, pixels.shape[1], pixels.shape[0], _NO_GEOMETRY), spec)
+
+
+def _normalised(fitted: Fitted, spec: InputSpec) -> np.ndarray:
+    """(pixel * scale - mean) / std per channel, written straight into the [C, H, W] tensor: the padding
+    holds the pad value's normalised level, and one pass per channel converts the image's own pixels."""
+    pixels = fitted.pixels if fitted.pixels.ndim == 3 else fitted.pixels[:, :, np.newaxis]
+    channels = pixels.shape[2]
+    gain = [np.float32(spec.scale / std) for std in spec.std]
+    offset = [np.float32(mean / std) for mean, std in zip(spec.mean, spec.std, strict=True)]
+    tensor = np.empty((channels, fitted.height, fitted.width), dtype=np.float32)
+    height, width = pixels.shape[:2]
+    sources = range(channels - 1, -1, -1) if spec.channel_order == "BGR" and channels == 3 else range(channels)
+    for out, source in enumerate(sources):
+        plane = tensor[out]
+        if (height, width) != plane.shape:
+            plane.fill(np.float32(spec.pad_value) * gain[out] - offset[out])
+        region = plane[fitted.top:fitted.top + height, fitted.left:fitted.left + width]
+        np.multiply(pixels[:, :, source], gain[out], out=region, casting="unsafe")
+        region -= offset[out]
+    return tensor
 
 
 def prepare(image: Image.Image, spec: InputSpec,
@@ -105,10 +143,11 @@ def prepare(image: Image.Image, spec: InputSpec,
     `original_size` is the size the client sent when the decoder already shrank the image (JPEG DCT
     scaling); the geometry then maps the client's coordinates, not the shrunken image's.
     """
-    resized, geometry = resize_to_input(image, spec)
+    fitted = fit_to_input(image, spec)
+    geometry = fitted.geometry
     if original_size and original_size != image.size:
         geometry = _relative_to(geometry, image.size, original_size)
-    return to_tensor(resized, spec), geometry
+    return _normalised(fitted, spec), geometry
 
 
 def _relative_to(geometry: Geometry, decoded: tuple[int, int], original: tuple[int, int]) -> Geometry:
@@ -117,5 +156,4 @@ def _relative_to(geometry: Geometry, decoded: tuple[int, int], original: tuple[i
                    scale_x=geometry.scale_x * shrink_x, scale_y=geometry.scale_y * shrink_y)
 
 
-def _fill(spec: InputSpec) -> int | tuple[int, int, int]:
-    return spec.pad_value if spec.channels == 1 else (spec.pad_value,) * 3
+_NO_GEOMETRY = Geometry(1, 1, 1, 1, 1.0, 1.0, 0.0, 0.0)  # to_tensor normalises an already fitted image
