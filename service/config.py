@@ -71,7 +71,7 @@ class Settings(BaseSettings):
     )
     max_queue: int = Field(default=256, ge=1, description="requests in flight per model before 503 overloaded")
     admission_target_ms: float = Field(
-        default=50.0, gt=0,
+        default=1000.0, gt=0,
         description="latency target of the adaptive admission limit: when even the fastest answer of a 100 ms "
         "window takes longer, the model's limit shrinks (503 sooner); it grows back when answers are fast",
     )

@@ -149,8 +149,8 @@ def test_the_gated_routes_are_the_apps_inference_routes(client: TestClient) -> N
 @pytest.mark.parametrize(("floor_s", "each_s", "shrinks"), [(0.05, 0.030, False), (0.05, 0.080, True),
                                                             (0.005, 0.030, True)])
 def test_the_target_floor_lets_a_sustained_closed_loop_through(floor_s: float, each_s: float, shrinks: bool) -> None:
-    """Answers that each wait for a full batch (30 ms on a 1 ms model) are not a standing queue under the
-    default 50 ms floor; over the floor they are."""
+    """Answers that each wait behind other requests (30 ms on a 1 ms model) are not a standing queue under a
+    50 ms floor; over the floor they are."""
     clock = Clock()
     gate = AdmissionGate(clock, target_floor_s=floor_s)
     run_interval(gate, clock, 0.001, 3)
