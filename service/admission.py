@@ -13,8 +13,8 @@ requests' latency. The target is TARGET_FACTOR x the fastest answer the model ha
 unloaded), at least the floor (STRIDE_ADMISSION_TARGET_MS, 1 s by default). Clients that keep N requests
 in flight wait N service times without any overload; a tight floor refused them wholesale (8 connections on
 a 640x640 YOLO export, 30 ms each, got 4,000 503s a second and less goodput than with no limit at all), so
-the default only steps in when a queue of seconds stands; lower it to trade refusals for latency. docs/performance.md ("Overload") has the
-measurements behind it.
+the default only steps in when a queue of seconds stands; lower it to trade refusals for latency.
+docs/performance.md ("Overload") has the measurements behind it.
 
 Used only from the event loop, so it needs no lock; the clock is injected for tests.
 """
