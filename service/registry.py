@@ -14,7 +14,6 @@ by events, a sync is idempotent: running it twice, or in every worker process, c
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import logging
 import os
 import threading
@@ -29,7 +28,7 @@ from service import errors
 from service.batching import BatchPolicy, BatchStats, DynamicBatcher
 from service.config import Settings
 from service.contract import ContractError, ModelMetadata, Task
-from service.families import ServedModel, recognise, sidecar_path
+from service.families import ServedModel, recognise, sha256_of, sidecar_path
 from service.golden import GoldenDrift, verify_golden
 from service.runtime import ModelSession, open_session, warm_up, warmup_batch_sizes
 
@@ -260,7 +259,7 @@ class ModelRegistry:
         started = time.perf_counter()
         try:
             session = open_session(entry.path, self.settings)
-            model = recognise(entry.path, session)
+            model = recognise(entry.path, session, entry.files.model_sha256 if entry.files else None)
             metadata = model.metadata
             session = session_in_contract_order(session, metadata)
             entry.model = model
@@ -354,14 +353,6 @@ class ModelRegistry:
         if ModelStatus.READY not in statuses:
             return False, f"no model is usable; failed: {', '.join(failed)}"
         return True, "ok"
-
-
-def sha256_of(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def _now() -> datetime:

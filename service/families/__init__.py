@@ -15,7 +15,7 @@ from pathlib import Path
 
 from service.contract import ContractError, from_metadata_props
 from service.families.base import ClassifyQuery, EmbedQuery, Query, SemanticQuery, ServedModel
-from service.families.described import SIDECAR_SUFFIX, described_model, file_version, sidecar_path
+from service.families.described import SIDECAR_SUFFIX, described_model, file_version, sha256_of, sidecar_path
 from service.families.stride import StrideModel
 from service.families.ultralytics import NotUltralytics, UltralyticsModel, is_ultralytics, ultralytics_model
 from service.runtime import ModelSession
@@ -31,16 +31,18 @@ __all__ = [
     "UltralyticsModel",
     "file_version",
     "recognise",
+    "sha256_of",
     "sidecar_path",
 ]
 
 
-def recognise(path: Path, session: ModelSession) -> ServedModel:
-    """The served model for a file, or ContractError saying what is missing and what to do."""
+def recognise(path: Path, session: ModelSession, sha256: str | None = None) -> ServedModel:
+    """The served model for a file, or ContractError saying what is missing and what to do. `sha256` is
+    the file's digest when the caller has it (the registry does), so the file is not read twice."""
     props = session.custom_metadata
     sidecar = sidecar_path(path)
     if sidecar.exists():
-        return described_model(sidecar, path, session)
+        return described_model(sidecar, path, session, sha256)
     if _has_stride_keys(props):
         return StrideModel(from_metadata_props(props), source="embedded")
     if is_ultralytics(props):
@@ -48,7 +50,7 @@ def recognise(path: Path, session: ModelSession) -> ServedModel:
         try:
             return ultralytics_model(props, list(session.session.get_inputs()[0].shape), shapes,
                                      list(session.output_names), source="ultralytics metadata",
-                                     version=file_version(path))
+                                     version=file_version(path, sha256))
         except NotUltralytics as exc:
             raise ContractError(f"looks like an Ultralytics export, but {exc}; describe it in "
                                 f"{sidecar.name} (template: `python -m service inspect {path.name}`)") from exc

@@ -4,6 +4,7 @@ its raw outputs become the task's result type. A route never sees any of this.
 
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from typing import ClassVar
 
@@ -35,7 +36,7 @@ class EmbedQuery:
 Query = ClassifyQuery | DetectionQuery | SemanticQuery | EmbedQuery
 
 
-class ServedModel:
+class ServedModel(ABC):
     """A model file understood by one family. The Stride contract is the common language: every family
     states its model in a `ModelMetadata` (shown by /v1/models and `inspect`), and decodes outputs
     into `service.results` types."""
@@ -57,9 +58,9 @@ class ServedModel:
         """Upright decoded image -> ([C, H, W] float32 tensor, geometry mapping input pixels back)."""
         return prepare(decoded.image, self.metadata.input, original_size=(decoded.width, decoded.height))
 
+    @abstractmethod
     def decode(self, outputs: list[np.ndarray], geometry: Geometry, query: Query) -> TaskResult:
         """One image's outputs (batch axis removed) -> its result."""
-        raise NotImplementedError
 
 
 def top_k(probabilities: np.ndarray, k: int) -> Classification:

@@ -27,9 +27,9 @@ def sidecar_path(model_path: Path) -> Path:
     return model_path.with_suffix(SIDECAR_SUFFIX)
 
 
-def described_model(sidecar: Path, model_path: Path, session: ModelSession) -> StrideModel:
+def described_model(sidecar: Path, model_path: Path, session: ModelSession, sha256: str | None = None) -> StrideModel:
     fields = read_description(sidecar)
-    fields.setdefault("model_version", file_version(model_path))
+    fields.setdefault("model_version", file_version(model_path, sha256))
     fields.setdefault("architecture", model_path.stem)
     fields.setdefault("training_data", NOT_STATED)
     try:
@@ -67,13 +67,19 @@ def _check_output_names(metadata: ModelMetadata, session: ModelSession, sidecar:
                                 f"(it has {', '.join(sorted(names))})")
 
 
-def file_version(path: Path) -> str:
-    """The version of a file that states none: the first 12 hex digits of its SHA-256."""
+def sha256_of(path: Path) -> str:
+    """The file's SHA-256, hex, read a megabyte at a time."""
     digest = hashlib.sha256()
     with path.open("rb") as handle:
         for block in iter(lambda: handle.read(1 << 20), b""):
             digest.update(block)
-    return digest.hexdigest()[:12]
+    return digest.hexdigest()
+
+
+def file_version(path: Path, sha256: str | None = None) -> str:
+    """The version of a file that states none: the first 12 hex digits of its SHA-256 (given when the
+    caller has hashed the file already)."""
+    return (sha256 or sha256_of(path))[:12]
 
 
 IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
