@@ -37,13 +37,14 @@ from service.families.base import ClassifyQuery, Query, ServedModel, top_k
 from service.preprocess import Geometry
 from service.results import Detections, TaskResult, rotated_corners
 from service.tasks import rotated as rotated_boxes
-from service.tasks.detection import DetectionQuery, select_detections
-from service.tasks.geometry import boxes_to_original
+from service.tasks.detection import DetectionQuery, best_class_candidates, select_detections
+from service.tasks.geometry import boxes_to_original, clip_to_image, points_to_original
 from service.tasks.masks import LocalMask
 
 # Ultralytics' own predictor defaults (ultralytics/cfg/default.yaml).
 DEFAULT_CONFIDENCE, DEFAULT_IOU, DEFAULT_MAX_DET = 0.25, 0.7, 300
 MAX_NMS_CANDIDATES = 30_000  # Ultralytics keeps at most this many candidates (by score) before NMS
+CLASS_OFFSET = 7680.0  # Ultralytics' max_wh: rotated boxes of different classes are moved this far apart
 LETTERBOX_GREY = 114
 PROTOTYPES = 32
 
@@ -143,18 +144,12 @@ class UltralyticsModel(ServedModel):
             scores, class_ids = rows[chosen, 4], rows[chosen, 5].astype(np.int64)
         else:  # [4 + nc + 1, N]: cx, cy, w, h, class scores, angle
             rows = output.T.astype(np.float64)
-            class_scores = rows[:, 4 : 4 + nc]
-            class_ids = np.argmax(class_scores, axis=1) if len(rows) else np.zeros(0, dtype=np.int64)
-            scores = class_scores[np.arange(len(rows)), class_ids] if len(rows) else np.zeros(0)
-            keep = scores > query.confidence
-            if query.classes is not None:
-                keep &= np.isin(class_ids, list(query.classes))
-            candidates = np.flatnonzero(keep)
+            candidates, class_ids, scores = best_class_candidates(rows[:, 4 : 4 + nc], query, strict=True)
             candidates = candidates[np.argsort(-scores[candidates], kind="stable")][:MAX_NMS_CANDIDATES]
             xywhr = np.concatenate([rows[candidates, :4], rows[candidates, -1:]], axis=1)
             shifted = xywhr.copy()
-            if not query.agnostic:  # classes apart, as Ultralytics does: offset the centres by class x 7680
-                shifted[:, :2] += class_ids[candidates, None] * 7680.0
+            if not query.agnostic:  # classes apart, as Ultralytics does: offset the centres by class
+                shifted[:, :2] += class_ids[candidates, None] * CLASS_OFFSET
             order = rotated_boxes.rotated_nms(shifted, scores[candidates], query.iou)[: query.max_detections]
             chosen = candidates[order]
             xywhr, scores, class_ids = xywhr[order], scores[chosen], class_ids[chosen]
@@ -167,7 +162,7 @@ class UltralyticsModel(ServedModel):
         corners = rotated_corners(xywhr)
         enclosing = np.concatenate([corners.min(axis=1), corners.max(axis=1)], axis=1) if len(xywhr) else \
             np.zeros((0, 4))
-        return Detections(boxes=_clip(enclosing, geometry), scores=np.asarray(scores, dtype=np.float64),
+        return Detections(boxes=clip_to_image(enclosing, geometry), scores=np.asarray(scores, dtype=np.float64),
                           class_ids=np.asarray(class_ids, dtype=np.int64), rotated=xywhr)
 
 
@@ -185,16 +180,10 @@ def xywh_to_xyxy(boxes: np.ndarray) -> np.ndarray:
     return out
 
 
-def _clip(boxes: np.ndarray, geometry: Geometry) -> np.ndarray:
-    boxes[:, [0, 2]] = np.clip(boxes[:, [0, 2]], 0, geometry.original_width)
-    boxes[:, [1, 3]] = np.clip(boxes[:, [1, 3]], 0, geometry.original_height)
-    return boxes
-
-
 def _keypoints_to_original(keypoints: np.ndarray, geometry: Geometry) -> np.ndarray:
+    """[M, K, 3] input-pixel joints -> original pixels, clipped to the image as Ultralytics clips them."""
     out = keypoints.astype(np.float64).copy()
-    out[..., 0] = np.clip((out[..., 0] - geometry.offset_x) / geometry.scale_x, 0, geometry.original_width)
-    out[..., 1] = np.clip((out[..., 1] - geometry.offset_y) / geometry.scale_y, 0, geometry.original_height)
+    out[..., :2] = clip_to_image(points_to_original(out[..., :2], geometry), geometry)
     return out
 
 

@@ -33,20 +33,28 @@ class Selection:
         return int(self.indices.size)
 
 
-def select_detections(boxes: np.ndarray, scores: np.ndarray, geometry: Geometry, query: DetectionQuery, *,
-                      strict: bool = False) -> Selection:
-    """`boxes` [N, 4] x1y1x2y2 and `scores` [N, C] of one image -> the detections to report.
+def best_class_candidates(scores: np.ndarray, query: DetectionQuery, *,
+                          strict: bool = False) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """`scores` [N, C] -> (indices of the candidates that pass, every candidate's best class, its score).
 
     Each candidate keeps its best class (as single-label detectors do at inference), then the score
-    threshold (`strict`: score > confidence, as Ultralytics) and class filter apply, then class-aware
-    NMS, then the cap.
+    threshold (`strict`: score > confidence, as Ultralytics) and the class filter apply.
     """
     class_ids = np.argmax(scores, axis=1) if scores.size else np.zeros(0, dtype=np.int64)
     best = scores[np.arange(len(scores)), class_ids] if scores.size else np.zeros(0, dtype=np.float32)
     keep = best > query.confidence if strict else best >= query.confidence
     if query.classes is not None:
         keep &= np.isin(class_ids, list(query.classes))
-    candidates = np.flatnonzero(keep)
+    return np.flatnonzero(keep), class_ids, best
+
+
+def select_detections(boxes: np.ndarray, scores: np.ndarray, geometry: Geometry, query: DetectionQuery, *,
+                      strict: bool = False) -> Selection:
+    """`boxes` [N, 4] x1y1x2y2 and `scores` [N, C] of one image -> the detections to report.
+
+    The candidates of `best_class_candidates`, then class-aware NMS, then the cap.
+    """
+    candidates, class_ids, best = best_class_candidates(scores, query, strict=strict)
     order = batched_nms(boxes[candidates].astype(np.float64), best[candidates], class_ids[candidates],
                         query.iou, query.max_detections, query.agnostic)
     chosen = candidates[order]

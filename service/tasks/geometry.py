@@ -55,10 +55,14 @@ def boxes_to_original(boxes: np.ndarray, geometry: Geometry) -> np.ndarray:
     """Model-input pixel boxes -> original-image pixel boxes, clipped to the image."""
     x1, y1 = geometry.to_original(boxes[:, 0], boxes[:, 1])
     x2, y2 = geometry.to_original(boxes[:, 2], boxes[:, 3])
-    out = np.stack([x1, y1, x2, y2], axis=1)
-    out[:, [0, 2]] = np.clip(out[:, [0, 2]], 0, geometry.original_width)
-    out[:, [1, 3]] = np.clip(out[:, [1, 3]], 0, geometry.original_height)
-    return out
+    return clip_to_image(np.stack([x1, y1, x2, y2], axis=1), geometry)
+
+
+def clip_to_image(xy: np.ndarray, geometry: Geometry) -> np.ndarray:
+    """[..., 2k] original-pixel x, y columns (alternating) clipped to the image, in place; returned."""
+    xy[..., 0::2] = np.clip(xy[..., 0::2], 0, geometry.original_width)
+    xy[..., 1::2] = np.clip(xy[..., 1::2], 0, geometry.original_height)
+    return xy
 
 
 def points_to_original(xy: np.ndarray, geometry: Geometry) -> np.ndarray:
