@@ -29,12 +29,14 @@ import onnxruntime as ort
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from training.bundle import describe_machine  # noqa: E402
 from training.data import load_dataset, render_batch  # noqa: E402
-from training.evaluate import evaluate_onnx, read_metadata  # noqa: E402
+from training.export import export_int8, read_metadata  # noqa: E402
 from training.flops import count_flops  # noqa: E402
-from training.models import count_parameters, get_arch  # noqa: E402
-from training.quantize import export_int8  # noqa: E402
+from training.pipeline import describe_machine  # noqa: E402
+from training.registry import count_parameters, get_arch  # noqa: E402
+from training.tasks import get_task  # noqa: E402
+from training.tasks.base import EvalRequest  # noqa: E402
+from training.tasks.classification import evaluate_images  # noqa: E402
 
 NAMES = ("lenet5", "alexnet", "inception", "resnet", "gcn")
 START, END = "<!-- BENCH:START (written by bench/classifiers.py) -->", "<!-- BENCH:END -->"
@@ -58,7 +60,7 @@ def latency_ms(session: ort.InferenceSession, x: np.ndarray, batch: int, seconds
 def measure(path: Path, threads: int) -> dict[str, float]:
     meta = read_metadata(path)
     splits = load_dataset("digits")
-    report = evaluate_onnx(path, splits.test.images, splits.test.targets)
+    report = evaluate_images(path, splits.test.images, splits.test.targets)
     options = ort.SessionOptions()
     options.intra_op_num_threads = threads
     options.inter_op_num_threads = 1
@@ -67,6 +69,10 @@ def measure(path: Path, threads: int) -> dict[str, float]:
     b1, b32 = latency_ms(session, x, 1), latency_ms(session, x, 32)
     return {"accuracy": report.accuracy, "errors": report.errors, "bytes": path.stat().st_size,
             "batch1_ms": b1, "batch32_ms": b32, "batch32_per_image_ms": b32 / 32}  # fmt: skip
+
+
+def evaluate_digits(path: Path, metadata: object) -> object:
+    return get_task("classification").evaluate(path, metadata, EvalRequest(data="digits", seed=0))  # type: ignore[arg-type]
 
 
 def model_facts(models_dir: Path, name: str) -> tuple[int, int]:
@@ -116,8 +122,8 @@ def main(argv: list[str] | None = None) -> int:
             label = f"`{path.name}`"
             if not path.exists() and precision == "int8":
                 # Not committed (e.g. lenet5): quantise a scratch copy so every architecture gets its row.
-                path = export_int8(None, Path(shutil.copy(args.models_dir / f"{name}.onnx", scratch)),
-                                   load_dataset("digits")).path  # fmt: skip
+                copy = Path(shutil.copy(args.models_dir / f"{name}.onnx", scratch))
+                path = export_int8(copy, load_dataset("digits").train.images, evaluate_digits).path
                 label = f"`{path.name}` (not committed)"
             row = {"file": label, "precision": precision, "params": params, "flops": flops}
             row.update(measure(path, args.threads))

@@ -1,18 +1,17 @@
-"""`python -m training` / `stride-train`: data, train, export, evaluate, bundle (each with its own --help).
+"""`python -m training` / `stride-train`: every command of the training framework, each with its own --help.
 
-    python -m training data scenes --out data/scenes --count 2000 --seed 1
-    python -m training train --task TASK --help   (classification, the default, and every other task)
-    python -m training bundle --models-dir models [--only lenet5]
-    python -m training train --arch lenet5 --data digits --out runs/lenet5 [--epochs 100 --seed 0 ...]
-    python -m training export runs/lenet5/checkpoint.pt --out models/lenet5.onnx [--card]
-    python -m training train --arch resnet --data path/to/class-folders --out runs/mine [--resume]
-    python -m training export runs/mine/checkpoint.pt --out models/mine.onnx [--quantize int8] [--fp16]
-    torchrun --nproc_per_node 2 -m training train ...   (DistributedDataParallel; see training/distributed.py)
-    python -m training evaluate models/lenet5.onnx [--data digits]
-    python -m training train --task semantic_segmentation --data COCO_DIR --out runs/segmenter   (training/semantic.py)
+    python -m training data scenes --out data/scenes --count 2000 --seed 1      generated COCO scenes
+    python -m training train --task detection --data scenes --out runs/det      any task (--task --help: its options)
+    python -m training train --arch resnet --data path/to/class-folders --image-size 64 --out runs/mine
+    python -m training export runs/det/checkpoint.pt --out models/det.onnx --card   (the checkpoint says its task)
+    python -m training evaluate models/det.onnx [--data D --seed S --count N]     held-out metrics via ONNX Runtime
+    python -m training bundle [--only NAME]                                       rebuild the bundled models
+    python -m training archs                                                      the architecture registry
+    python -m training upgrade old.pt --out new.pt                                rewrite an old-format checkpoint
+    torchrun --nproc_per_node 2 -m training train ...                             DistributedDataParallel
 
-Every TrainConfig field is a `train` option (`--label-smoothing 0.1`, `--no-augment`, ...), generated from
-the dataclass so new hyperparameters need no CLI code. Architecture options go through
+`train`'s options are generated from the task's config dataclass (training.trainer.TrainerConfig plus the
+task's own fields), so a new hyperparameter needs no CLI code. Architecture options go through
 `--arch-option KEY=VALUE` and are checked against the architecture's config dataclass.
 """
 
@@ -30,19 +29,13 @@ from pathlib import Path
 from typing import Any
 
 from training import distributed
-from training.bundle import BUNDLED, build_bundle, describe_machine
-from training.checkpoint import Checkpoint, UnsafeCheckpointError
-from training.data import DATASETS, DEFAULT_SPLIT_SEED, load_dataset
-from training.dense.cli import DENSE_BUNDLED, DENSE_TASKS, add_data_command, dense_main, run_dense_bundle, wants_dense
-from training.evaluate import EvalReport, evaluate_test_split, read_metadata, score_checkpoint
-from training.export import export_checkpoint, load_checkpoint_splits
-from training.models import ARCHS
-from training.quantize import export_fp16, export_int8
-from training.report import CardContext, plot_confusion_matrix, plot_training_curves, write_json, write_model_card
-from training.semantic import SEMANTIC_BUNDLED, run_semantic_bundle, semantic_main, wants_semantic
-from training.semantic import TASK as SEMANTIC_TASK
-from training.tasks import embedding
-from training.train import TrainConfig, choose_input_spec, train_checkpoint
+from training.checkpoint import Checkpoint, UnsafeCheckpointError, load_payload
+from training.registry import ARCHS, archs_for, get_arch
+from training.tasks import TASK_NAMES, get_task
+from training.tasks.base import EvalRequest, TrainRequest
+
+log = logging.getLogger("training")
+COMMANDS = ("data", "train", "export", "evaluate", "bundle", "archs", "upgrade")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -51,58 +44,111 @@ def main(argv: Sequence[str] | None = None) -> int:
     # torch's ONNX exporter warns once per torchvision op it cannot register; Stride does not use torchvision.
     logging.getLogger("torch.onnx._internal.exporter._registration").setLevel(logging.ERROR)
     argv = list(sys.argv[1:] if argv is None else argv)
-    if embedding.wants_embedding(argv):  # `train --task embedding`, export/evaluate of embedding files
-        return embedding.embedding_main(argv)
-    if wants_semantic(argv):  # `train --task semantic_segmentation`, export/evaluate of semantic files
-        return semantic_main(argv)
-    if wants_dense(argv):  # `data scenes`, `train --task ...`, export/evaluate of dense files
-        return dense_main(argv)
-    args = build_parser().parse_args(argv)
+    args = build_parser(requested_task(argv)).parse_args(argv)
     args.argv = argv  # recorded in checkpoints so a run says how it was made
     try:
         return args.handler(args)
-    except UnsafeCheckpointError as exc:
-        raise SystemExit(str(exc)) from exc
+    except (UnsafeCheckpointError, ValueError) as exc:
+        raise SystemExit(f"error: {exc}") from exc
 
 
-def build_parser() -> argparse.ArgumentParser:
+def requested_task(argv: Sequence[str]) -> str:
+    """`train --task T` decides which options `train` has; the task's name is read before parsing."""
+    for i, arg in enumerate(argv):
+        if arg == "--task" and i + 1 < len(argv):
+            return argv[i + 1]
+        if arg.startswith("--task="):
+            return arg.split("=", 1)[1]
+    return "classification"
+
+
+def build_parser(task: str = "classification") -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m training",
-        description="Train, export and evaluate Stride models. Each command has its own --help; "
+        description="Train, export and evaluate Stride models of every task. Each command has its own --help; "
         "`train --task TASK --help` lists that task's options.",
     )
-    commands = parser.add_subparsers(dest="command", required=True, metavar="{data,train,export,evaluate,bundle}")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="{" + ",".join(COMMANDS) + "}")
     add_data_command(commands)
-
-    bundle = commands.add_parser("bundle", help="retrain, export and document every bundled model")
-    bundle.add_argument("--models-dir", type=Path, default=Path("models"))
-    bundle.add_argument(
-        "--only",
-        action="append",
-        choices=[r.name for r in BUNDLED] + list(DENSE_BUNDLED) + list(SEMANTIC_BUNDLED) + [embedding.BUNDLE_NAME],
-        help="rebuild just this model (repeatable)",
+    add_train_command(commands, task if task in TASK_NAMES else "classification")
+    add_export_command(commands)
+    add_evaluate_command(commands)
+    add_bundle_command(commands)
+    archs = commands.add_parser(
+        "archs",
+        help="list the registered architectures, their tasks and data configs",
+        description="The architecture registry (training/registry.py).",
     )
-    bundle.add_argument("--no-progress", action="store_true", help="no progress bar")
-    bundle.set_defaults(handler=run_bundle)
+    archs.add_argument("--json", action="store_true", help="print the registry as JSON")
+    archs.set_defaults(handler=run_archs)
+    upgrade = commands.add_parser(
+        "upgrade",
+        help="rewrite a checkpoint of an earlier format in the current one",
+        description="Read a checkpoint any earlier release wrote (weights_only) and "
+        "save it in the current format, with its task inside.",
+    )
+    upgrade.add_argument("checkpoint", type=Path)
+    upgrade.add_argument("--out", type=Path, required=True)
+    upgrade.set_defaults(handler=run_upgrade)
+    return parser
 
+
+def add_data_command(commands: argparse._SubParsersAction) -> None:
+    from training.data import scenes
+
+    data = commands.add_parser(
+        "data", help="generate datasets (no downloads)", description="Generate datasets; each kind has its own --help."
+    )
+    kinds = data.add_subparsers(dest="kind", required=True)
+    sc = kinds.add_parser(
+        "scenes",
+        help="COCO-format generated scenes (shapes and stick figures)",
+        description="Write images/ and instances.json (boxes, masks, person keypoints).",
+    )
+    sc.add_argument("--out", type=Path, required=True, help="output folder")
+    sc.add_argument("--count", type=int, required=True, help="number of scenes")
+    sc.add_argument("--seed", type=int, default=0, help="generator seed (default 0)")
+    sc.add_argument("--width", type=int, default=scenes.WIDTH, help=f"image width (default {scenes.WIDTH})")
+    sc.add_argument("--height", type=int, default=scenes.HEIGHT, help=f"image height (default {scenes.HEIGHT})")
+    sc.set_defaults(handler=run_scenes)
+
+
+def add_train_command(commands: argparse._SubParsersAction, task_name: str) -> None:
+    task = get_task(task_name)
     train = commands.add_parser(
         "train",
         help="train one model of any task, write a checkpoint",
-        description="Train one model and write --out/checkpoint.pt. The options below are the classification "
-        "task's; `train --task TASK --help` lists another task's.",
+        description=f"Train one model and write --out/checkpoint.pt (and metrics.jsonl, last.pt). The options "
+        f"below are the {task_name} task's; `train --task TASK --help` lists another task's.",
     )
     train.add_argument(
-        "--task",
-        default="classification",
-        choices=["classification", *DENSE_TASKS, SEMANTIC_TASK, embedding.TASK],
-        help="what the model predicts (default classification)",
+        "--task", default="classification", choices=TASK_NAMES, help="what the model predicts (default classification)"
     )
-    train.add_argument("--arch", required=True, choices=sorted(ARCHS), help="classification architecture")
-    train.add_argument("--data", required=True, help=f"{' | '.join(sorted(DATASETS))} | DIR (class-per-folder images)")
-    train.add_argument("--image-size", type=int, default=0, help="input size for folder data (default: the arch's)")
+    train.add_argument(
+        "--arch",
+        default=task.default_arch,
+        choices=archs_for(task_name),
+        help=f"architecture (default {task.default_arch}; `python -m training archs` lists them)",
+    )
+    train.add_argument("--data", default=task.default_data, help=f"{task.data_help} (default {task.default_data})")
+    train.add_argument("--out", type=Path, required=True, help="run folder: checkpoint.pt, metrics.jsonl, last.pt")
+    train.add_argument(
+        "--image-size",
+        type=int,
+        default=0,
+        metavar="N",
+        help="square input size N x N (default: the architecture's data config; "
+        "the size used is printed and written in the checkpoint and card)",
+    )
+    train.add_argument("--count", type=int, default=0, help="generated data: how many items (default: the task's)")
+    train.add_argument("--split-seed", type=int, default=0, help="seed of the train/val/test split (default 0)")
+    train.add_argument(
+        "--init",
+        default="",
+        metavar="CHECKPOINT",
+        help="start from this checkpoint's weights (fine-tuning, a second stage)",
+    )
     train.add_argument("--resume", action="store_true", help="continue from --out/last.pt if it exists")
-    train.add_argument("--split-seed", type=int, default=DEFAULT_SPLIT_SEED)
-    train.add_argument("--out", type=Path, required=True, help="run folder: checkpoint.pt, metrics.jsonl")
     train.add_argument(
         "--arch-option",
         action="append",
@@ -111,14 +157,16 @@ def build_parser() -> argparse.ArgumentParser:
         help="architecture config override, e.g. activation=relu (repeatable)",
     )
     train.add_argument("--no-progress", action="store_true", help="no progress bar")
-    add_dataclass_options(train, TrainConfig)
+    add_dataclass_options(train, task.config_cls)
     train.set_defaults(handler=run_train)
 
+
+def add_export_command(commands: argparse._SubParsersAction) -> None:
     export = commands.add_parser(
         "export",
         help="export a checkpoint of any task to ONNX with Stride metadata",
-        description="Export a checkpoint (the file says its task) to ONNX with Stride metadata; --quantize "
-        "and --fp16 apply to classifiers.",
+        description="Export a checkpoint (the file says its task) to ONNX with Stride metadata, parity and golden "
+        "checks, and held-out metrics measured on the saved file.",
     )
     export.add_argument("checkpoint", type=Path)
     export.add_argument("--out", type=Path, required=True, help="e.g. models/NAME.onnx")
@@ -126,26 +174,52 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument("--card", action="store_true", help="also write the model card folder next to --out")
     export.add_argument("--quantize", choices=["int8"], help="also write NAME-int8.onnx (ORT static QDQ quantisation)")
     export.add_argument("--fp16", action="store_true", help="also write NAME-fp16.onnx (for GPU providers)")
+    add_eval_data_options(export)
     export.set_defaults(handler=run_export)
 
+
+def add_evaluate_command(commands: argparse._SubParsersAction) -> None:
     evaluate = commands.add_parser(
         "evaluate",
         help="held-out metrics of an ONNX model of any task via ONNX Runtime",
-        description="Held-out metrics of an exported model (the file says its task) via ONNX Runtime; --data "
-        "and --split-seed apply to classifiers.",
+        description="Held-out metrics of an exported model (the file says its task) through ONNX Runtime and the "
+        "service's own preprocessing and decoders.",
     )
     evaluate.add_argument("model", type=Path)
-    evaluate.add_argument("--data", default="digits", help=f"{' | '.join(sorted(DATASETS))} | DIR")
-    evaluate.add_argument("--split-seed", type=int, default=DEFAULT_SPLIT_SEED)
-    evaluate.add_argument("--json", action="store_true", help="print the full report as JSON")
+    add_eval_data_options(evaluate)
+    evaluate.add_argument("--json", action="store_true", help="print the metrics and details as JSON")
     evaluate.set_defaults(handler=run_evaluate)
-    return parser
+
+
+def add_eval_data_options(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("held-out data (default: the task's own; see its card)")
+    group.add_argument("--data", default="", help="a source name or a dataset path")
+    group.add_argument("--seed", type=int, default=None, help="generator seed, or the split seed of a dataset")
+    group.add_argument("--count", type=int, default=None, help="how many generated items")
+
+
+def add_bundle_command(commands: argparse._SubParsersAction) -> None:
+    from training.bundle import RECIPES
+
+    bundle = commands.add_parser(
+        "bundle",
+        help="retrain, export and document every bundled model (make models)",
+        description="Retrain every bundled model from scratch with its recipe "
+        "(training/bundle.py), export it into --models-dir and write its card.",
+    )
+    bundle.add_argument("--models-dir", type=Path, default=Path("models"))
+    bundle.add_argument("--work-dir", type=Path, default=Path("runs"), help="checkpoints and run logs")
+    bundle.add_argument(
+        "--only", action="append", choices=[r.name for r in RECIPES], help="rebuild just this model (repeatable)"
+    )
+    bundle.add_argument("--no-progress", action="store_true", help="no progress bar")
+    bundle.set_defaults(handler=run_bundle)
 
 
 def add_dataclass_options(parser: argparse.ArgumentParser, cls: type) -> None:
     """One `--field-name` option per dataclass field, typed from its annotation, default from the class."""
     hints = typing.get_type_hints(cls)
-    group = parser.add_argument_group(f"{cls.__name__} (defaults reproduce the bundled models)")
+    group = parser.add_argument_group(f"{cls.__name__} (training options)")
     for f in dataclasses.fields(cls):
         flag, hint, default = "--" + f.name.replace("_", "-"), hints[f.name], f.default
         if hint is bool:
@@ -157,8 +231,8 @@ def add_dataclass_options(parser: argparse.ArgumentParser, cls: type) -> None:
 
 
 def parse_arch_options(pairs: Sequence[str]) -> dict[str, Any]:
-    """["activation=relu", "c3_table=false"] -> {"activation": "relu", "c3_table": False}; values are
-    read as JSON when they parse (numbers, true/false; True/False too), otherwise kept as strings."""
+    """["activation=relu", "widths=[8,16]"] -> {"activation": "relu", "widths": [8, 16]}; values are read
+    as JSON when they parse (numbers, lists, true/false; True/False too), otherwise kept as strings."""
     options: dict[str, Any] = {}
     for pair in pairs:
         key, sep, raw = pair.partition("=")
@@ -174,123 +248,143 @@ def parse_arch_options(pairs: Sequence[str]) -> dict[str, Any]:
     return options
 
 
-def run_bundle(args: argparse.Namespace) -> int:
-    if not args.only or embedding.BUNDLE_NAME in args.only:
-        embedding.run_embedding_bundle(args.models_dir, progress=not args.no_progress)
-        if args.only:
-            args.only = [n for n in args.only if n != embedding.BUNDLE_NAME]
-            if not args.only:
-                return 0  # only the embedding model was asked for
-    semantic = [n for n in args.only if n in SEMANTIC_BUNDLED] if args.only else list(SEMANTIC_BUNDLED)
-    if semantic:
-        run_semantic_bundle(args.models_dir, semantic, progress=not args.no_progress)
-    if args.only:
-        args.only = [n for n in args.only if n not in SEMANTIC_BUNDLED]
-        if not args.only:
-            return 0  # only semantic models were asked for
-    classic = [n for n in args.only if n not in DENSE_BUNDLED] if args.only else None
-    dense = [n for n in args.only if n in DENSE_BUNDLED] if args.only else list(DENSE_BUNDLED)
-    for result in build_bundle(args.models_dir, classic, progress=not args.no_progress) if classic != [] else []:
-        print(
-            f"{result.path}: test accuracy {result.test.accuracy:.4f} via ONNX Runtime "
-            f"({result.test.samples - result.test.errors}/{result.test.samples}), "
-            f"parity {result.parity_max_abs_diff:.1e}, {result.file_bytes:,} bytes"
-        )
-    if dense:
-        run_dense_bundle(args.models_dir, dense, progress=not args.no_progress)
+def run_scenes(args: argparse.Namespace) -> int:
+    from training.data import scenes
+
+    path = scenes.write_dataset(args.out, args.count, args.seed, args.width, args.height)
+    print(f"{path}: {args.count} scenes, seed {args.seed}")
     return 0
 
 
 def run_train(args: argparse.Namespace) -> int:
-    config = TrainConfig(**{f.name: getattr(args, f.name) for f in dataclasses.fields(TrainConfig)})
+    from training.pipeline import train
+
+    task = get_task(args.task)
+    config = task.config_cls(**{f.name: getattr(args, f.name) for f in dataclasses.fields(task.config_cls)})
+    request = TrainRequest(
+        data=args.data,
+        arch=args.arch,
+        arch_options=parse_arch_options(args.arch_option),
+        image_size=args.image_size,
+        split_seed=args.split_seed,
+        count=args.count,
+        init=args.init,
+    )
     ctx = distributed.setup()  # joins the process group under torchrun; a no-op otherwise
     try:
-        splits = load_dataset(args.data, args.split_seed)
-        args.out.mkdir(parents=True, exist_ok=True)
-        checkpoint = train_checkpoint(
-            args.arch,
-            splits,
+        checkpoint = train(
+            args.task,
+            request,
             config,
-            parse_arch_options(args.arch_option),
-            input_spec=choose_input_spec(args.arch, splits, args.image_size),
-            log_path=args.out / "metrics.jsonl",
-            progress=not args.no_progress,
-            state_path=args.out / "last.pt",
+            args.out,
             resume=args.resume,
+            progress=not args.no_progress,
+            command=shlex.join(["python", "-m", "training", *args.argv]),
         )
         ctx.barrier()
     finally:
         distributed.teardown()
-    if not ctx.is_main:
-        return 0  # rank 0 writes the checkpoint
-    checkpoint.summary["command"] = shlex.join(["python", "-m", "training", *args.argv])
-    path = checkpoint.save(args.out / "checkpoint.pt")
-    if splits.extra.get("kind") == "folders":
-        write_json(args.out / "split.json", splits.split_record())
-        plot_training_curves(checkpoint.history, checkpoint.summary["best_epoch"], args.out / "training_curves.png")
-        val_report = score_checkpoint(checkpoint, splits.val.images, splits.val.targets)
-        plot_confusion_matrix(val_report, args.out / "confusion_matrix.png", f"validation ({val_report.accuracy:.2%})")
+    if checkpoint is None:
+        return 0  # not rank 0: rank 0 writes the checkpoint
     s = checkpoint.summary
+    best = ", ".join(f"{k} {v:.4f}" for k, v in s.get("best_metrics", {}).items())
     print(
-        f"{path}: best epoch {s['best_epoch']}/{s['epochs_run']}, val accuracy {s['best_val_accuracy']:.4f}, "
-        f"{s['train_seconds']:.1f} s"
+        f"{args.out / 'checkpoint.pt'}: kept epoch {s['best_epoch']}/{s['epochs_run']} ({s['stopped_by']})"
+        f"{', ' + best if best else ''}, {s['train_seconds']:.1f} s"
     )
     return 0
 
 
 def run_export(args: argparse.Namespace) -> int:
+    from training.pipeline import export_with_card
+
     checkpoint = Checkpoint.load(args.checkpoint)
-    splits = load_checkpoint_splits(checkpoint)
-    result = export_checkpoint(checkpoint, args.out, splits, model_version=args.model_version)
-    print(
-        f"{result.path}: test accuracy {result.test.accuracy:.4f} via ONNX Runtime, "
-        f"parity {result.parity_max_abs_diff:.1e}, {result.file_bytes:,} bytes ({result.exporter} exporter)"
+    export_command = shlex.join(["python", "-m", "training", *args.argv])
+    result, variants = export_with_card(
+        checkpoint,
+        args.out,
+        model_version=args.model_version,
+        evaluation=eval_request(args) or None,
+        int8=args.quantize == "int8",
+        fp16=args.fp16,
+        card_command=f"{checkpoint.summary.get('command', '# (the checkpoint does not record its train command)')}"
+        f"\n{export_command}"
+        if args.card
+        else None,
     )
-    variants = []
-    if args.quantize == "int8":
-        variants.append(export_int8(checkpoint, result.path, splits))
-    if args.fp16:
-        variants.append(export_fp16(checkpoint, result.path, splits))
+    print(
+        f"{result.path}: {format_metrics(result.evaluation.metrics)} via ONNX Runtime, parity "
+        f"{max(result.parity.values()):.1e}, {result.file_bytes:,} bytes ({result.exporter} exporter)"
+    )
     for variant in variants:
-        accuracy = f"test accuracy {variant.test.accuracy:.4f} via ONNX Runtime" if variant.test else "not run on CPU"
-        print(f"{variant.path}: {variant.precision}, {accuracy}, {variant.file_bytes:,} bytes")
+        figures = format_metrics(variant.evaluation.metrics) if variant.evaluation else "not run on this host"
+        print(f"{variant.path}: {variant.precision}, {figures}, {variant.file_bytes:,} bytes")
     if args.card:
-        folder = args.out.with_suffix("")
-        export_command = shlex.join(["python", "-m", "training", *args.argv])
-        train_command = checkpoint.summary.get("command", "# (checkpoint does not record its train command)")
-        context = CardContext(
-            name=args.out.stem,
-            command=f"{train_command}\n{export_command}",
-            config_rationale="chosen by whoever ran the training command above",
-            machine=describe_machine(),
-        )
-        write_model_card(folder, checkpoint, splits, result, context, variants)
-        print(f"model card: {folder}/README.md")
+        print(f"model card: {args.out.with_suffix('')}/README.md")
     return 0
+
+
+def eval_request(args: argparse.Namespace) -> EvalRequest | None:
+    if not args.data and args.seed is None and args.count is None:
+        return None
+    return EvalRequest(data=args.data, seed=args.seed, count=args.count)
 
 
 def run_evaluate(args: argparse.Namespace) -> int:
-    try:
-        report = evaluate_test_split(args.model, args.data, args.split_seed)
-    except ValueError as exc:
-        raise SystemExit(str(exc)) from exc
+    from training.export import read_metadata
+
+    metadata = read_metadata(args.model)
+    task = get_task(metadata.task.value)
+    evaluation = task.evaluate(args.model, metadata, eval_request(args) or EvalRequest())
     if args.json:
-        print(json.dumps(report.to_dict(), indent=2))
-    else:
-        print_report(report, args.model, read_metadata(args.model).metrics)
+        print(json.dumps({"metrics": evaluation.metrics, "details": evaluation.details}, indent=2, default=str))
+        return 0
+    print(f"{args.model}: task {metadata.task.value}, ONNX Runtime\n{evaluation.description}\n")
+    for key, value in evaluation.metrics.items():
+        recorded = metadata.metrics.get(key)
+        note = f"   (in the model's metadata: {recorded:.4f})" if recorded is not None and recorded != value else ""
+        print(f"  {key:<24} {value:.4f}{note}")
     return 0
 
 
-def print_report(report: EvalReport, model: Path, embedded: dict[str, float]) -> None:
-    print(f"{model}: {report.samples} held-out test images, ONNX Runtime")
-    print(f"  accuracy       {report.accuracy:.4f}  ({report.errors} errors)")
-    print(f"  macro F1       {report.macro_f1:.4f}")
-    print(f"  cross-entropy  {report.cross_entropy:.4f}")
-    if "test_accuracy" in embedded:
-        print(f"  accuracy in the model's metadata: {embedded['test_accuracy']:.4f}")
-    print("  class  precision  recall  f1      support")
-    for label, m in report.per_class.items():
-        print(f"  {label:>5}  {m['precision']:.4f}     {m['recall']:.4f}  {m['f1']:.4f}  {m['support']}")
-    print("  confusion (rows: true, columns: predicted)")
-    for label, row in zip(report.labels, report.confusion, strict=True):
-        print(f"  {label:>5}  " + " ".join(f"{n:3d}" for n in row))
+def format_metrics(metrics: dict[str, float]) -> str:
+    return ", ".join(f"{k} {v:.4f}" for k, v in metrics.items() if not k.startswith(("eval_", "heldout_")))
+
+
+def run_bundle(args: argparse.Namespace) -> int:
+    from training.bundle import build_bundle
+
+    for name, result in build_bundle(args.models_dir, args.work_dir, args.only, progress=not args.no_progress):
+        print(f"{result.path}: {format_metrics(result.evaluation.metrics)}, {result.file_bytes:,} bytes ({name})")
+    return 0
+
+
+def run_archs(args: argparse.Namespace) -> int:
+    rows = {
+        name: {
+            "title": spec.title,
+            "tasks": list(spec.tasks),
+            "default_data": spec.default_data,
+            "input": spec.default_input.model_dump(mode="json"),
+            "config": get_arch(name).config_to_dict(spec.make_config()),
+        }
+        for name, spec in ARCHS.items()
+    }
+    if args.json:
+        print(json.dumps(rows, indent=2))
+        return 0
+    for name in rows:
+        spec = ARCHS[name]
+        i = spec.default_input
+        print(
+            f"{name:<10} {', '.join(spec.tasks):<48} {i.width}x{i.height}x{i.channels} {i.resize.value:<9} "
+            f"data {spec.default_data:<10} {spec.title}"
+        )
+    return 0
+
+
+def run_upgrade(args: argparse.Namespace) -> int:
+    checkpoint = Checkpoint.from_payload(load_payload(args.checkpoint), args.checkpoint)
+    path = checkpoint.save(args.out)
+    print(f"{path}: task {checkpoint.task}, arch {checkpoint.arch}, format 2")
+    return 0

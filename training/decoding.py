@@ -8,13 +8,18 @@ detection_query`: the model's own defaults). No copy of that code lives here: on
 
 from __future__ import annotations
 
+import tempfile
+from pathlib import Path
+
 import numpy as np
 
+from service.config import Settings
 from service.contract import ModelMetadata
 from service.engine import detection_query
-from service.families import SemanticQuery, StrideModel
+from service.families import SemanticQuery, ServedModel, StrideModel, recognise
 from service.preprocess import Geometry
 from service.results import ClassMap, Detections
+from service.runtime import open_session
 from service.tasks.masks import LocalMask
 
 
@@ -23,7 +28,18 @@ def served_model(metadata: ModelMetadata) -> StrideModel:
     return StrideModel(metadata, "embedded")
 
 
-def decode_detections(model: StrideModel, outputs: list[np.ndarray], geometry: Geometry) -> Detections:
+def served_model_of_file(model: Path | bytes) -> ServedModel:
+    """How the service understands a file (service.families.recognise): Stride's embedded metadata, an
+    Ultralytics export's own, or a description beside it; so a baseline decodes through the same code."""
+    if isinstance(model, bytes):
+        with tempfile.TemporaryDirectory() as tmp:
+            path = Path(tmp) / "model.onnx"
+            path.write_bytes(model)
+            return served_model_of_file(path)
+    return recognise(Path(model), open_session(Path(model), Settings(providers=["CPUExecutionProvider"])))
+
+
+def decode_detections(model: ServedModel, outputs: list[np.ndarray], geometry: Geometry) -> Detections:
     """One image's outputs (batch axis removed, in the session's output order) -> its served detections."""
     query = detection_query(model.metadata, confidence=None, iou=None, max_detections=None, classes=None,
                             agnostic=False)
@@ -32,7 +48,7 @@ def decode_detections(model: StrideModel, outputs: list[np.ndarray], geometry: G
     return result
 
 
-def decode_class_ids(model: StrideModel, outputs: list[np.ndarray], geometry: Geometry) -> np.ndarray:
+def decode_class_ids(model: ServedModel, outputs: list[np.ndarray], geometry: Geometry) -> np.ndarray:
     """One image's outputs (its logits [classes, h, w]) -> [H, W] class id of every original pixel, as served."""
     result = model.decode(outputs, geometry, SemanticQuery())
     assert isinstance(result, ClassMap)

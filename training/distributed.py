@@ -59,6 +59,15 @@ class Context:
         dist.all_reduce(on_device, op=dist.ReduceOp.SUM)
         return on_device.cpu()
 
+    def average_gradients(self, parameters: list[nn.Parameter]) -> None:
+        """Average the gradients of parameters trained outside the DDP module (a loss head) across ranks."""
+        if not self.enabled:
+            return
+        for p in parameters:
+            if p.grad is not None:
+                dist.all_reduce(p.grad, op=dist.ReduceOp.SUM)
+                p.grad /= self.world_size
+
     def sync_buffers(self, model: nn.Module) -> None:
         """Give every rank rank 0's buffers (BatchNorm running statistics drift apart per shard)."""
         if self.enabled:

@@ -117,5 +117,5 @@ def test_the_bundled_file_is_small_and_states_its_contract() -> None:
     assert meta.task is Task.EMBEDDING and meta.embedding is not None and meta.embedding.normalized
     assert MODEL.stat().st_size < 5 * 1024 * 1024
     assert meta.metrics["recall_at_1"] >= 0.90 and meta.metrics["tar_at_far_1pct"] >= 0.80
-    card = (BUNDLED_MODELS / "embedder.md").read_text()
+    card = (BUNDLED_MODELS / "embedder" / "README.md").read_text()
     assert f"{meta.metrics['recall_at_1']:.3f}" in card and f"{meta.metrics['tar_at_far_1pct']:.3f}" in card

@@ -11,13 +11,12 @@ from pathlib import Path
 import pytest
 import torch
 
-from training.checkpoint import Checkpoint, UnsafeCheckpointError, load_payload
-from training.data import scenes
-from training.dense.cli import _is_dense_file
-from training.dense.train import DenseTrainConfig, load_dense, train_dense
-from training.semantic import SegCheckpoint, is_semantic_checkpoint
+from training.checkpoint import FORMAT_VERSION, Checkpoint, UnsafeCheckpointError, load_payload, upgrade_payload
+from training.cli import main
+from training.registry import get_arch
 
-TINY_DENSE = {"width": 8, "head_width": 16, "prototypes": 4, "proto_width": 8, "keypoint_refine": 0}
+TINY_DENSE = {"task": "keypoints", "width": 8, "head_width": 16, "prototypes": 4, "proto_width": 8,
+              "keypoint_refine": 0, "num_classes": 1, "joints": 3}
 
 
 class RunsCodeWhenUnpickled:
@@ -53,20 +52,19 @@ def test_load_payload_refuses_a_pickled_object_without_running_it(hostile: tuple
     assert not marker.exists()
 
 
-@pytest.mark.parametrize("load", [Checkpoint.load, SegCheckpoint.load, load_dense],
-                         ids=["classifier", "semantic", "dense"])
-def test_every_checkpoint_loader_refuses_it(hostile: tuple[Path, Path], load: Callable[[Path], object]) -> None:
+def test_checkpoint_load_refuses_it(hostile: tuple[Path, Path]) -> None:
     path, marker = hostile
     with pytest.raises(UnsafeCheckpointError):
-        load(path)
+        Checkpoint.load(path)
     assert not marker.exists()
 
 
-def test_the_cli_file_sniffers_refuse_it(hostile: tuple[Path, Path]) -> None:
-    """The CLI looks into any path it is given to route export/evaluate: that look must be safe too."""
+@pytest.mark.parametrize("command", [["export", "{path}", "--out", "{out}"], ["upgrade", "{path}", "--out", "{out}"]])
+def test_the_cli_refuses_it_with_a_message(hostile: tuple[Path, Path], tmp_path: Path, command: list[str]) -> None:
     path, marker = hostile
-    assert not _is_dense_file(path)
-    assert not is_semantic_checkpoint(path)
+    argv = [a.format(path=path, out=tmp_path / "x.onnx") for a in command]
+    with pytest.raises(SystemExit, match="refused"):
+        main(argv)
     assert not marker.exists()
 
 
@@ -85,27 +83,69 @@ def test_plain_containers_and_tensors_load(tmp_path: Path) -> None:
     assert torch.equal(loaded["w"], payload["w"]) and loaded["config"] == payload["config"]
 
 
-@pytest.fixture(scope="module")
-def dense_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
-    """A one-epoch keypoints run on 4 scenes (keypoints: the format with the most fields), then a second
-    stage from its weights, as the bundled keypoints recipe does."""
-    before = torch.get_num_threads()
-    root = tmp_path_factory.mktemp("dense")
-    data = scenes.write_dataset(root / "scenes", 4, seed=5).parent
-    config = DenseTrainConfig(epochs=1, batch_size=4, max_minutes=5.0)
-    first = train_dense("keypoints", data, root / "stage1", config, TINY_DENSE)
-    second = train_dense("keypoints", data, root / "stage2", DenseTrainConfig(epochs=1, batch_size=4, init=str(first)),
-                         TINY_DENSE)
-    torch.set_num_threads(before)
-    return first, second
+def dense_checkpoint() -> Checkpoint:
+    spec = get_arch("dense")
+    model = spec.build(spec.make_config(TINY_DENSE))
+    return Checkpoint(task="keypoints", arch="dense", arch_config=TINY_DENSE, labels=["person"],
+                      input_spec=spec.default_input, state_dict=model.state_dict(),
+                      data={"name": "scenes", "seed": 0, "count": 4}, train_config={"epochs": 1},
+                      summary={"best_epoch": 1}, history=[{"epoch": 1, "loss": 1.0}],
+                      extra={"keypoint_names": ["a", "b", "c"], "skeleton": [[0, 1]]})
 
 
-def test_dense_checkpoints_load_weights_only(dense_run: tuple[Path, Path]) -> None:
-    first, second = dense_run
-    raw = torch.load(second, map_location="cpu", weights_only=True)
-    assert raw["kind"] == "dense" and raw["task"] == "keypoints" and isinstance(raw["model_config"], dict)
-    assert isinstance(raw["train_config"], dict) and raw["train_config"]["init"] == str(first)
-    model, ckpt = load_dense(second)
-    assert not model.training and model.config.width == TINY_DENSE["width"]
-    assert [row.get("stage") for row in ckpt["history"]] == [1, None]  # the first stage's record continues
-    assert _is_dense_file(second)
+def test_round_trip_keeps_every_field_and_loads_weights_only(tmp_path: Path) -> None:
+    original = dense_checkpoint()
+    path = original.save(tmp_path / "checkpoint.pt")
+    raw = torch.load(path, map_location="cpu", weights_only=True)
+    assert raw["format_version"] == FORMAT_VERSION and raw["task"] == "keypoints"
+    loaded = Checkpoint.load(path)
+    assert (loaded.task, loaded.arch, loaded.arch_config, loaded.labels, loaded.extra, loaded.history) == (
+        original.task, original.arch, original.arch_config, original.labels, original.extra, original.history)
+    assert loaded.input_spec == original.input_spec
+    model = loaded.build_model()
+    assert not model.training and all(torch.equal(v, original.state_dict[k]) for k, v in model.state_dict().items())
+
+
+def legacy_payloads() -> dict[str, dict]:
+    """The layouts earlier releases wrote, reduced to the keys the upgrade reads."""
+    weights = {"w": torch.zeros(1)}
+    spec = get_arch("lenet5").default_input.model_dump(mode="json")
+    return {
+        "classifier format 1": {"format_version": 1, "arch": "lenet5", "arch_config": {}, "labels": ["0"],
+                                "input_spec": spec, "state_dict": weights, "data": {"name": "digits"}},
+        "dense": {"kind": "dense", "task": "detection", "model_config": {"task": "detection"}, "labels": ["a"],
+                  "input_spec": spec, "state_dict": weights, "history": [{"epoch": 1}], "train_seconds": 3.0,
+                  "train_images": 10, "data": "/data", "command": "python -m training train", "category_ids": [1],
+                  "keypoint_names": [], "skeleton": []},
+        "semantic": {"format_version": 1, "task": "semantic_segmentation", "arch": "unet", "arch_config": {},
+                     "labels": ["background", "a"], "input_spec": spec, "state_dict": weights, "data": {}},
+        "embedding": {"format_version": 1, "kind": "embedding", "config": {"width": 8, "dimension": 16},
+                      "state_dict": weights, "history": []},
+    }
+
+
+@pytest.mark.parametrize(("name", "task", "arch"), [
+    ("classifier format 1", "classification", "lenet5"),
+    ("dense", "detection", "dense"),
+    ("semantic", "semantic_segmentation", "unet"),
+    ("embedding", "embedding", "embednet"),
+])
+def test_earlier_formats_upgrade_with_their_task(name: str, task: str, arch: str) -> None:
+    upgraded = upgrade_payload(legacy_payloads()[name])
+    assert (upgraded["format_version"], upgraded["task"], upgraded["arch"]) == (FORMAT_VERSION, task, arch)
+    checkpoint = Checkpoint.from_payload(upgraded)
+    assert checkpoint.task == task and torch.equal(checkpoint.state_dict["w"], torch.zeros(1))
+
+
+def test_upgrade_command_writes_the_current_format(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    old = tmp_path / "old.pt"
+    torch.save(legacy_payloads()["dense"], old)
+    assert main(["upgrade", str(old), "--out", str(tmp_path / "new.pt")]) == 0
+    assert load_payload(tmp_path / "new.pt")["format_version"] == FORMAT_VERSION
+    assert "task detection" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("payload", [{}, {"format_version": 99, "state_dict": {}}, [1, 2]])
+def test_unknown_files_are_refused_with_a_reason(payload: object) -> None:
+    with pytest.raises(ValueError, match="checkpoint"):
+        Checkpoint.from_payload(payload)

@@ -14,7 +14,7 @@ import torch
 from tests.training.folder_images import write_dataset
 from training.checkpoint import Checkpoint
 from training.distributed import DEBUG_WEIGHTS_ENV, weights_hash
-from training.models import get_arch
+from training.registry import get_arch
 
 REPO = Path(__file__).resolve().parents[2]
 

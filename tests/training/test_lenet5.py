@@ -1,8 +1,8 @@
 import pytest
 import torch
 
-from training.models import count_parameters, get_arch
 from training.models.lenet5 import C3_TABLE, LeNet5, LeNet5Config, MaskedConv2d, c3_connection_mask
+from training.registry import count_parameters, get_arch
 
 # Paper arithmetic: C1 6*(1*25+1) = 156; C3 with the table reads 60 S2 maps (6*3 + 9*4 + 1*6), so
 # 60*25 + 16 = 1,516 (dense: 16*(6*25+1) = 2,416); C5 120*(16*25+1) = 48,120; F6 84*(120+1) = 10,164;

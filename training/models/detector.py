@@ -9,8 +9,10 @@ centre to the box sides (softplus, in strides) and, depending on the task,
   - keypoints: per-joint offsets from the cell centre (in strides) and a visibility logit (YOLO-pose style),
     refined by a second stage that samples a stride-4 feature map at each coarse joint (grid_sample) and
     predicts a correction in pixels with a per-joint MLP.
-Everything is decoded inside the graph: boxes are x1, y1, x2, y2 in model-input pixels, scores and joint
-visibility are probabilities.
+In eval mode (what is exported) everything is decoded inside the graph: boxes are x1, y1, x2, y2 in
+model-input pixels, scores and joint visibility are probabilities. In training mode `forward` returns the
+undecoded head outputs the loss needs (training/tasks/dense_targets.py), so the loss goes through the
+module's forward, as DistributedDataParallel requires.
 """
 
 from __future__ import annotations
@@ -22,6 +24,35 @@ import torch.nn.functional as F
 from torch import nn
 
 TASKS = ("detection", "instance_segmentation", "keypoints")
+
+CARD_SUMMARY = """Backbone: conv-BN-ReLU stages at strides 2, 4 (32 ch), 8 (64 ch) and 16 (128 ch); neck: the stride-16
+map upsampled and concatenated with the stride-8 map, two 3x3 convs (64 ch). Head on the stride-8 map: a
+classification tower (one 3x3 conv, 1x1 to per-class logits, sigmoid) and a regression tower (two 3x3 convs)
+with 1x1 outputs for the four distances from the cell centre to the box sides (softplus x 8 pixels), and
+per task: mask coefficients plus a prototype branch on the stride-4 map (instance segmentation, YOLACT-style,
+mask = sigmoid(coefficients @ prototypes), cropped to the box), or per-joint offsets from the cell centre
+(x 8 pixels, through a 2-layer joint tower) and a visibility logit (keypoints, YOLO-pose-style), followed by a
+second stage that samples a stride-4 feature map (bilinear, grid_sample) at every coarse joint, adds a learnt
+per-joint embedding and predicts a correction with a 2-layer 1x1 MLP (x 4 pixels).
+Targets: FCOS centre sampling (cells whose centre is inside the box and within 1.5 strides of its centre;
+the smallest box wins; a box no centre falls in gets its nearest cell). Losses: quality focal loss with the
+predicted box's IoU as the soft class target (so scores rank boxes by localisation quality, which matters for
+mAP@[.5:.95] and for NMS), GIoU + L1 on boxes, L1 on joints (labelled joints, visibility 1 or 2) + BCE on
+visibility (target: visible = 2), BCE on the prototype-resolution mask inside the ground-truth box (the box
+crop the service applies when decoding); the mask target is 2 x the covered fraction of each prototype pixel,
+clipped to 1, so limbs thinner than a prototype pixel survive the 0.5 threshold."""
+
+
+OUTPUT_NAMES: dict[str, list[str]] = {
+    "detection": ["boxes", "scores"],
+    "instance_segmentation": ["boxes", "scores", "mask_coefficients", "mask_prototypes"],
+    "keypoints": ["boxes", "scores", "keypoints"],
+}
+
+
+def output_names(task: str) -> list[str]:
+    """The exported outputs of a dense model of `task`, in order."""
+    return list(OUTPUT_NAMES[task])
 
 
 @dataclass(frozen=True)
@@ -86,12 +117,11 @@ class DenseModel(nn.Module):
 
     @property
     def output_names(self) -> list[str]:
-        extra = {"detection": [], "instance_segmentation": ["mask_coefficients", "mask_prototypes"],
-                 "keypoints": ["keypoints"]}[self.config.task]
-        return ["boxes", "scores", *extra]
+        return output_names(self.config.task)
 
     def raw(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
-        """Undecoded head outputs, flattened to [B, N, ...] (N candidates in row-major cell order)."""
+        """Undecoded head outputs, flattened to [B, N, ...] (N candidates in row-major cell order): "cls"
+        logits, "box" distances before softplus, and per task "coef" + "proto" or "kpt" (+ "kref")."""
         f4 = self.s4(x)
         f8 = self.s8(f4)
         f16 = self.s16(f8)
@@ -138,8 +168,21 @@ class DenseModel(nn.Module):
             xy = xy + kref
         return torch.cat([xy, torch.sigmoid(kpt_raw[..., 2:])], -1)
 
-    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, ...] | dict[str, torch.Tensor]:
+        """Eval mode: the exported outputs, in `output_names` order. Training mode: `raw`'s head outputs plus
+        the decoded "boxes" and (keypoints) the coarse joint positions "kpt_xy" [B, N, J, 2], in input pixels."""
         raw = self.raw(x)
+        if self.training:
+            return self.training_outputs(raw)
+        return self.decoded_outputs(raw)
+
+    def training_outputs(self, raw: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        out = {**raw, "boxes": self.decode_boxes(raw["box"])}
+        if "kpt" in raw:
+            out["kpt_xy"] = self.coarse_xy(raw["kpt"])
+        return out
+
+    def decoded_outputs(self, raw: dict[str, torch.Tensor]) -> tuple[torch.Tensor, ...]:
         outs = [self.decode_boxes(raw["box"]), torch.sigmoid(raw["cls"])]
         if self.config.task == "instance_segmentation":
             outs += [raw["coef"], raw["proto"]]

@@ -1,120 +1,101 @@
-"""The `embedding` task, a self-contained plug-in: model builder, data, CosFace loss, metrics, export, card.
+"""The `embedding` task: images -> L2-normalised vectors compared by cosine similarity (search, identify).
 
     python -m training train --task embedding --out runs/embedder [--epochs 8 --identities 1500 ...]
-    python -m training export runs/embedder/checkpoint.pt --out models/embedder.onnx [--card]
-    python -m training evaluate models/embedder.onnx
-    python -m training bundle --only embedder
+    python -m training export runs/embedder/checkpoint.pt --out models/embedder.onnx
+    python -m training evaluate models/embedder.onnx [--seed OFFSET] [--count IDENTITIES]
 
-The model maps a 32 x 32 RGB face (training.data.identities) to a 128-d L2-normalised vector. It is trained
-as a classifier over the training identities with a CosFace head (large margin cosine loss: the target
-class's cosine is lowered by a margin before the scaled softmax), the loss face recognition uses, so
-vectors of one identity cluster tightly and unseen identities still separate. The classifier head is
-dropped at export; only the vector leaves the graph.
+The model (training.registry "embednet") maps a 32 x 32 RGB face (training.data.identities) to a vector. It
+is trained as a classifier over the training identities with a CosFace head (large margin cosine loss: the
+target class's cosine is lowered by a margin before the scaled softmax), the loss face recognition uses, so
+vectors of one identity cluster tightly and unseen identities still separate. The head is trained but not
+exported (`Job.extra_parameters`); only the vector leaves the graph.
 
-Metrics are measured on identities never seen in training, through ONNX Runtime on the exported file:
-retrieval recall@1 and @5 (one enrolled image per identity, the other views searched), and open-set
+Identity ranges (training.data.identities), disjoint so no figure is measured on what it was tuned on:
+training from TRAIN_FIRST; the threshold written into the model from CALIBRATION_FIRST; the per-epoch
+validation that picks the kept epoch from VALIDATION_FIRST; held-out test figures from TEST_FIRST.
+
+Metrics come from the exported file through ONNX Runtime, the service's preprocessing and its embedding
+decoder: retrieval recall@1 and @5 (one enrolled image per identity, other views searched), and open-set
 identification: with a threshold set so that 1% of probes of identities NOT enrolled are accepted (false
 accept rate), the true accept rate is the share of enrolled identities' probes whose best match is the
-right identity with a score above that threshold. The threshold written into the model is measured on a
-separate calibration range of identities, so the test figures are not tuned on themselves.
+right identity with a score above it; the same two rates at the threshold shipped in the model.
 """
 
 from __future__ import annotations
 
-import argparse
-import base64
-import io
-import json
-import logging
 import math
-import os
-import shlex
 import time
-import warnings
-from collections.abc import Sequence
-from dataclasses import asdict, dataclass, fields
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
+import onnxruntime as ort
 import torch
 import torch.nn.functional as F
 from PIL import Image
 from torch import nn
 
-from service.contract import (
-    EmbeddingSpec,
-    Golden,
-    GoldenSample,
-    InputSpec,
-    ModelMetadata,
-    OutputSpec,
-    ResizePolicy,
-    Task,
-    from_metadata_props,
-)
+from service.contract import EmbeddingSpec, InputSpec, ModelMetadata, OutputSpec
+from service.families import EmbedQuery
+from service.preprocess import prepare
+from service.results import Embeddings
+from training.checkpoint import Checkpoint
 from training.data import identities
 from training.data.base import render_batch
-
-log = logging.getLogger(__name__)
+from training.decoding import served_model
+from training.export import open_session, read_metadata, run_outputs
+from training.registry import archs_for, get_arch
+from training.tasks.base import CardSection, EvalRequest, Evaluation, Prepared, TaskPlugin, TrainRequest
+from training.trainer import Job, TrainerConfig, seed_everything
 
 TASK = "embedding"
-BUNDLE_NAME = "embedder"
-FORMAT_VERSION = 1
+SOURCE = "identities"  # the only data source: generated identities
 OUTPUT_NAME = "embedding"
-OPSET = 18
-PARITY_ATOL = 1e-4
-GOLDEN_ATOL = 1e-3
-TARGET_FAR = 0.01
-
-INPUT_SPEC = InputSpec(height=32, width=32, channels=3, resize=ResizePolicy.STRETCH, mean=(0.5, 0.5, 0.5),
-                       std=(0.5, 0.5, 0.5))
+TARGET_FAR = 0.01  # the false accept rate thresholds are set at ("tar_at_far_1pct")
+EVAL_IDENTITIES = 300  # held-out enrolled identities (and as many impostors) when nothing else is asked
+EVAL_PROBES = 3  # probe views per held-out identity
+# Model selection gets its own sub-range of the calibration identities, so the identities that set the
+# shipped threshold were not also used to pick the epoch.
+VALIDATION_FIRST = identities.CALIBRATION_FIRST + 50_000
+HISTOGRAM_BINS = 40  # cosine similarity [-1, 1] in bins of 0.05, for the card's score plot
+SCORES_PLOT = "embedding_scores.png"
+EXAMPLES_PLOT = "embedding_search_examples.png"
+EXAMPLE_GALLERY = 50  # enrolled identities in the card's search examples
+EXAMPLE_PROBES = 6
+EXAMPLE_MATCHES = 3
 
 
 @dataclass(frozen=True)
-class EmbeddingConfig:
-    identities: int = 2000  # training identities (classes of the CosFace head)
-    views: int = 12  # generated views per training identity
-    dimension: int = 128
-    width: int = 32  # channels of the first stage; later stages double it
+class EmbeddingTrainConfig(TrainerConfig):
+    # the trainer's options, with this task's defaults (the bundled embedder's recipe)
     epochs: int = 14
     batch_size: int = 128
     lr: float = 3e-3
     weight_decay: float = 5e-4
+    warmup_epochs: float = 0.0  # CosFace with AdamW at 3e-3 is stable from the first step
+    max_minutes: float = 13.0
+    threads: int = 1
+    # the task's own
+    identities: int = 2000  # training identities (classes of the CosFace head)
+    views: int = 12  # generated views per training identity
     scale: float = 30.0  # CosFace s
     margin: float = 0.35  # CosFace m
-    seed: int = 0
-    max_cpu_minutes: float = 13.0  # the cosine schedule is compressed to this much CPU time (all threads)
-    threads: int = 1  # torch intra-op threads (1: the least CPU per sample when other jobs share the cores)
-    eval_identities: int = 300  # held-out identities for the card's figures (and as many impostors)
-    eval_probes: int = 3  # probe views per held-out identity
+    eval_identities: int = EVAL_IDENTITIES  # calibration identities for the threshold; export's held-out count
+    eval_probes: int = EVAL_PROBES  # probe views per calibration / held-out identity
+    val_identities: int = 100  # per-epoch validation identities (0: none, keep the last epoch)
 
 
-# ------------------------------------------------------------------------------------------------ model
-def _conv(cin: int, cout: int, stride: int = 1) -> nn.Sequential:
-    return nn.Sequential(nn.Conv2d(cin, cout, 3, stride, 1, bias=False), nn.BatchNorm2d(cout), nn.PReLU(cout))
+@dataclass(frozen=True)
+class IdentityEvalRequest(EvalRequest):
+    """An EvalRequest that also says how many probe views of each identity are searched (export's default
+    comes from the checkpoint's `eval_probes`; a plain EvalRequest gets EVAL_PROBES)."""
+
+    probes: int = EVAL_PROBES
 
 
-class EmbedNet(nn.Module):
-    """Three stride-2 stages (32 -> 16 -> 8 -> 4), then a global depthwise conv (MobileFaceNet's GDC: keeps
-    where in the face a feature is, unlike average pooling) and a linear layer to the vector."""
-
-    def __init__(self, width: int = 32, dimension: int = 128) -> None:
-        super().__init__()
-        w = width
-        self.features = nn.Sequential(
-            _conv(3, w), _conv(w, w, 2), _conv(w, w), _conv(w, 2 * w, 2), _conv(2 * w, 2 * w),
-            _conv(2 * w, 4 * w, 2), _conv(4 * w, 4 * w),
-        )
-        self.gdc = nn.Sequential(nn.Conv2d(4 * w, 4 * w, 4, groups=4 * w, bias=False), nn.BatchNorm2d(4 * w))
-        self.project = nn.Linear(4 * w, dimension, bias=False)
-        self.bn = nn.BatchNorm1d(dimension)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        z = self.gdc(self.features(x)).flatten(1)
-        return F.normalize(self.bn(self.project(z)), dim=1)
-
-
+# ------------------------------------------------------------------------------------------------ loss
 class CosFace(nn.Module):
     """Large margin cosine loss: logits s * (cos(theta_y) - m) for the target class, s * cos(theta_j) else."""
 
@@ -129,28 +110,36 @@ class CosFace(nn.Module):
         return F.cross_entropy(self.scale * (cosine - margin), targets)
 
 
-def build_model(config: EmbeddingConfig) -> EmbedNet:
-    return EmbedNet(config.width, config.dimension)
+def augment(batch: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    """Random brightness/contrast on top of the generated variation: cheap, and it widens the light range."""
+    n = batch.shape[0]
+    gain = 1 + 0.2 * (torch.rand(n, 1, 1, 1, generator=generator) - 0.5)
+    shift = 0.2 * (torch.rand(n, 1, 1, 1, generator=generator) - 0.5)
+    return batch * gain + shift
 
 
-# ------------------------------------------------------------------------------------------------- data
-def training_tensors(config: EmbeddingConfig) -> tuple[np.ndarray, np.ndarray]:
-    """[N, 3, 32, 32] inputs (through the service's preprocessing) and [N] class indices."""
-    ids = list(range(identities.TRAIN_FIRST, identities.TRAIN_FIRST + config.identities))
-    images, targets = identities.views(ids, config.views)
-    return render_batch(images, INPUT_SPEC), (targets - identities.TRAIN_FIRST).astype(np.int64)
-
-
+# ---------------------------------------------------------------------------------------------- protocol
 @dataclass(frozen=True)
 class Protocol:
-    """Held-out images for the figures: one enrolled view per identity, probes of the enrolled identities,
-    probes of identities that are not enrolled (impostors)."""
+    """Held-out images: one enrolled view per identity, probes of the enrolled identities, probes of
+    identities that are not enrolled (impostors)."""
 
     gallery: list[Image.Image]
     gallery_ids: np.ndarray
     probes: list[Image.Image]
     probe_ids: np.ndarray
     impostors: list[Image.Image]
+
+
+@dataclass(frozen=True)
+class Vectors:
+    """A protocol's images as embedding vectors (rows)."""
+
+    gallery: np.ndarray
+    gallery_ids: np.ndarray
+    probes: np.ndarray
+    probe_ids: np.ndarray
+    impostors: np.ndarray
 
 
 def protocol(first: int, count: int, probes: int) -> Protocol:
@@ -163,13 +152,22 @@ def protocol(first: int, count: int, probes: int) -> Protocol:
     return Protocol(gallery, gallery_ids, probe_images, probe_ids, impostors)
 
 
-# ---------------------------------------------------------------------------------------------- metrics
+def embed_protocol(p: Protocol, embed: Callable[[list[Image.Image]], np.ndarray]) -> Vectors:
+    return Vectors(embed(p.gallery), p.gallery_ids, embed(p.probes), p.probe_ids, embed(p.impostors))
+
+
+# ----------------------------------------------------------------------------------------------- metrics
+def unit_rows(vectors: np.ndarray) -> np.ndarray:
+    v = np.asarray(vectors, dtype=np.float64)
+    return v / np.maximum(np.linalg.norm(v, axis=1, keepdims=True), 1e-12)
+
+
 def recall_at(gallery: np.ndarray, gallery_ids: np.ndarray, probes: np.ndarray, probe_ids: np.ndarray,
               k: int) -> float:
-    """Share of probes whose identity is among the k most similar gallery vectors (cosine)."""
+    """Share of probes whose identity is among the k most similar gallery vectors (cosine); nan without probes."""
     if len(probes) == 0:
         return float("nan")
-    scores = _unit(probes) @ _unit(gallery).T
+    scores = unit_rows(probes) @ unit_rows(gallery).T
     top = np.argsort(-scores, axis=1, kind="stable")[:, :k]
     return float(np.mean([probe_ids[i] in gallery_ids[top[i]] for i in range(len(probes))]))
 
@@ -183,360 +181,388 @@ def threshold_at_far(impostor_best: np.ndarray, far: float = TARGET_FAR) -> floa
     return float(ordered[allowed]) if allowed < len(ordered) else float(ordered[-1])
 
 
+def best_scores(gallery: np.ndarray, queries: np.ndarray) -> np.ndarray:
+    """Each query's highest cosine similarity to the gallery (empty without queries)."""
+    if len(queries) == 0:
+        return np.zeros(0)
+    return (unit_rows(queries) @ unit_rows(gallery).T).max(axis=1)
+
+
 def open_set(gallery: np.ndarray, gallery_ids: np.ndarray, probes: np.ndarray, probe_ids: np.ndarray,
              impostors: np.ndarray, threshold: float | None = None, far: float = TARGET_FAR) -> dict[str, float]:
     """Open-set identification: threshold (at `far` unless given), true accept rate (right identity and
     score above the threshold), and the false accept rate that threshold actually gives."""
-    g = _unit(gallery)
-    genuine = _unit(probes) @ g.T
-    impostor_best = (_unit(impostors) @ g.T).max(axis=1) if len(impostors) else np.zeros(0)
+    impostor_best = best_scores(gallery, impostors)
     chosen = threshold_at_far(impostor_best, far) if threshold is None else threshold
-    best = genuine.argmax(axis=1)
-    correct = gallery_ids[best] == probe_ids
-    accepted = genuine[np.arange(len(best)), best] > chosen
-    return {"threshold": chosen, "tar": float(np.mean(correct & accepted)) if len(best) else float("nan"),
+    if len(probes) == 0:
+        tar = float("nan")
+    else:
+        genuine = unit_rows(probes) @ unit_rows(gallery).T
+        best = genuine.argmax(axis=1)
+        accepted = genuine[np.arange(len(best)), best] > chosen
+        tar = float(np.mean((gallery_ids[best] == probe_ids) & accepted))
+    return {"threshold": chosen, "tar": tar,
             "far": float(np.mean(impostor_best > chosen)) if len(impostor_best) else float("nan")}
 
 
-def _unit(vectors: np.ndarray) -> np.ndarray:
-    v = np.asarray(vectors, dtype=np.float64)
-    return v / np.maximum(np.linalg.norm(v, axis=1, keepdims=True), 1e-12)
+def protocol_metrics(v: Vectors, threshold: float | None = None) -> dict[str, float]:
+    """Recall@1/@5, TAR at 1% FAR (threshold set on these impostors) and, given the shipped threshold,
+    the true and false accept rates at it."""
+    figures = open_set(v.gallery, v.gallery_ids, v.probes, v.probe_ids, v.impostors)
+    metrics = {"recall_at_1": recall_at(v.gallery, v.gallery_ids, v.probes, v.probe_ids, 1),
+               "recall_at_5": recall_at(v.gallery, v.gallery_ids, v.probes, v.probe_ids, 5),
+               "tar_at_far_1pct": figures["tar"]}
+    if threshold is not None:
+        shipped = open_set(v.gallery, v.gallery_ids, v.probes, v.probe_ids, v.impostors, threshold=threshold)
+        metrics |= {"tar_at_threshold": shipped["tar"], "far_at_threshold": shipped["far"]}
+    return metrics
 
 
-# --------------------------------------------------------------------------------------------- training
-def train(config: EmbeddingConfig, out_dir: Path, progress: bool = True) -> Path:
-    """Train and write out_dir/checkpoint.pt (loadable with torch.load(weights_only=True))."""
-    torch.manual_seed(config.seed)
-    if config.threads:
-        torch.set_num_threads(config.threads)
-    started = time.perf_counter()
-    x, y = training_tensors(config)
-    log.info("rendered %d training views of %d identities in %.0f s", len(x), config.identities,
-             time.perf_counter() - started)
-    model, head = build_model(config), CosFace(config.dimension, config.identities, config.scale, config.margin)
-    params = [*model.parameters(), *head.parameters()]
-    optimiser = torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
-    steps_per_epoch = math.ceil(len(x) / config.batch_size)
-    total_steps = config.epochs * steps_per_epoch
-    # CPU time, not wall time: on a shared machine the wall clock says more about the neighbours than the run.
-    budget, history = config.max_cpu_minutes * 60, []
-    train_started, cpu_started = time.perf_counter(), time.process_time()
-    generator = torch.Generator().manual_seed(config.seed)
-    inputs, targets = torch.from_numpy(x), torch.from_numpy(y)
-    step = 0
-    for epoch in range(config.epochs):
-        model.train()
-        order = torch.randperm(len(inputs), generator=generator)
-        losses = []
-        for start in range(0, len(order), config.batch_size):
-            fraction = max(step / total_steps, (time.process_time() - cpu_started) / budget)
-            for group in optimiser.param_groups:  # cosine schedule over steps or CPU time, whichever is further
-                group["lr"] = config.lr * 0.5 * (1 + math.cos(math.pi * min(fraction, 1.0)))
-            batch = order[start:start + config.batch_size]
-            loss = head(model(_augment(inputs[batch], generator)), targets[batch])
-            optimiser.zero_grad(set_to_none=True)
-            loss.backward()
-            optimiser.step()
-            losses.append(float(loss.detach()))
-            step += 1
-        elapsed, cpu = time.perf_counter() - train_started, time.process_time() - cpu_started
-        history.append({"epoch": epoch + 1, "loss": float(np.mean(losses)), "seconds": elapsed, "cpu_seconds": cpu,
-                        "lr": optimiser.param_groups[0]["lr"]})
-        if progress:
-            log.info("epoch %d/%d loss %.3f (%.0f s, %.0f CPU s)", epoch + 1, config.epochs, history[-1]["loss"],
-                     elapsed, cpu)
-        if cpu >= budget:
-            log.warning("CPU budget of %.1f min reached after epoch %d", config.max_cpu_minutes, epoch + 1)
-            break
-    out_dir.mkdir(parents=True, exist_ok=True)
-    path = out_dir / "checkpoint.pt"
-    torch.save({"format_version": FORMAT_VERSION, "kind": TASK, "config": asdict(config),
-                "state_dict": model.eval().state_dict(), "history": history,
-                "summary": {"train_seconds": time.perf_counter() - train_started,
-                            "train_cpu_seconds": time.process_time() - cpu_started, "epochs_run": len(history),
-                            "views": len(x)}}, path)
-    return path
+def genuine_scores(v: Vectors) -> np.ndarray:
+    """Each probe's similarity to its own identity's enrolled vector."""
+    if len(v.probes) == 0:
+        return np.zeros(0)
+    row_of = {int(identity): row for row, identity in enumerate(v.gallery_ids)}
+    own = unit_rows(v.gallery)[[row_of[int(i)] for i in v.probe_ids]]
+    return np.sum(unit_rows(v.probes) * own, axis=1)
 
 
-def _augment(batch: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
-    """Random brightness/contrast on top of the generated variation: cheap, and it widens the light range."""
-    n = batch.shape[0]
-    gain = 1 + 0.2 * (torch.rand(n, 1, 1, 1, generator=generator) - 0.5)
-    shift = 0.2 * (torch.rand(n, 1, 1, 1, generator=generator) - 0.5)
-    return batch * gain + shift
+def score_histogram(scores: np.ndarray) -> list[int]:
+    """Counts of cosine similarities in HISTOGRAM_BINS equal bins over [-1, 1]."""
+    counts, _ = np.histogram(np.clip(scores, -1, 1), bins=HISTOGRAM_BINS, range=(-1.0, 1.0))
+    return [int(c) for c in counts]
 
 
-def load_checkpoint(path: Path) -> tuple[EmbedNet, dict[str, Any]]:
-    payload = torch.load(path, map_location="cpu", weights_only=True)
-    if payload.get("kind") != TASK or payload.get("format_version") != FORMAT_VERSION:
-        raise ValueError(f"{path} is not an embedding checkpoint of format {FORMAT_VERSION}")
-    config = EmbeddingConfig(**payload["config"])
-    model = build_model(config)
-    model.load_state_dict(payload["state_dict"])
-    return model.eval(), payload
+# ------------------------------------------------------------------------------------------ embedding
+@torch.no_grad()
+def torch_vectors(model: nn.Module, x: np.ndarray, batch_size: int = 256) -> np.ndarray:
+    """PyTorch vectors of rendered inputs [N, C, H, W] (model in eval mode)."""
+    rows = [model(torch.from_numpy(x[i : i + batch_size])).numpy() for i in range(0, len(x), batch_size)]
+    return np.concatenate(rows) if rows else np.zeros((0, 0), np.float32)
 
 
-def is_embedding_checkpoint(path: str | Path) -> bool:
-    try:
-        payload = torch.load(Path(path), map_location="cpu", weights_only=True)
-    except Exception:  # not a torch file, or one that is not plain containers: not ours
-        return False
-    return isinstance(payload, dict) and payload.get("kind") == TASK
+def torch_embedder(model: nn.Module, checkpoint: Checkpoint) -> Callable[[list[Image.Image]], np.ndarray]:
+    """Images -> PyTorch vectors through the service's preprocessing (before an ONNX file exists)."""
+    spec = checkpoint.input_spec
+    return lambda images: torch_vectors(model, render_batch([im.convert(spec.color_mode) for im in images], spec))
 
 
-# ----------------------------------------------------------------------------------------------- export
-@dataclass
-class EmbedExport:
-    path: Path
-    metadata: ModelMetadata
-    parity: float
-    file_bytes: int
-    parameters: int
+def served_vectors(session: ort.InferenceSession, metadata: ModelMetadata, images: Sequence[Image.Image],
+                   batch_size: int = 256) -> np.ndarray:
+    """The vectors the service answers for `images`: its preprocessing, ONNX Runtime, its embedding decoder."""
+    served = served_model(metadata)
+    rows: list[np.ndarray] = []
+    for start in range(0, len(images), batch_size):
+        prepared = [prepare(im.convert(metadata.input.color_mode), metadata.input)
+                    for im in images[start : start + batch_size]]
+        outputs = run_outputs(session, np.stack([tensor for tensor, _ in prepared]), batch_size=batch_size)
+        for i, (_, geometry) in enumerate(prepared):
+            answer = served.decode([o[i] for o in outputs], geometry, EmbedQuery())
+            assert isinstance(answer, Embeddings)
+            rows.append(answer.unit()[0])
+    return np.stack(rows) if rows else np.zeros((0, 0), np.float32)
 
 
-def embed_onnx(path: Path, images: list[Image.Image], batch: int = 256) -> np.ndarray:
-    """Vectors of `images` from an ONNX file through ONNX Runtime and the service's preprocessing."""
-    import onnxruntime as ort
-
-    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-    meta = from_metadata_props(session.get_modelmeta().custom_metadata_map)
-    name = session.get_inputs()[0].name
-    out = [session.run(None, {name: render_batch(images[i:i + batch], meta.input)})[0]
-           for i in range(0, len(images), batch)]
-    return np.concatenate(out) if out else np.zeros((0, 0), np.float32)
+def embed_onnx(model: str | Path | bytes, images: Sequence[Image.Image]) -> np.ndarray:
+    """Vectors of `images` from an exported file, as the service answers them (bench/embed_bench.py uses it)."""
+    return served_vectors(open_session(model), read_metadata(model), images)
 
 
-def measure(path: Path, first: int, count: int, probes: int, threshold: float | None = None) -> dict[str, float]:
-    """Recall@1/@5 and open-set figures of an ONNX file on held-out identities `first`.."""
-    p = protocol(first, count, probes)
-    gallery, probe_vectors = embed_onnx(path, p.gallery), embed_onnx(path, p.probes)
-    impostors = embed_onnx(path, p.impostors)
-    figures = open_set(gallery, p.gallery_ids, probe_vectors, p.probe_ids, impostors, threshold)
-    return {"recall_at_1": recall_at(gallery, p.gallery_ids, probe_vectors, p.probe_ids, 1),
-            "recall_at_5": recall_at(gallery, p.gallery_ids, probe_vectors, p.probe_ids, 5),
-            "tar_at_far_1pct": figures["tar"], "far": figures["far"], "threshold": figures["threshold"]}
+# ------------------------------------------------------------------------------------------ training
+def check_identity_ranges(config: EmbeddingTrainConfig) -> None:
+    """Training, calibration and validation identities must not run into the next range."""
+    ranges = [("training", identities.TRAIN_FIRST, config.identities, identities.CALIBRATION_FIRST),
+              ("calibration", identities.CALIBRATION_FIRST, 2 * config.eval_identities, VALIDATION_FIRST),
+              ("validation", VALIDATION_FIRST, 2 * config.val_identities, identities.TEST_FIRST)]
+    for name, first, used, limit in ranges:
+        if first + used > limit:
+            raise ValueError(f"{used} {name} identities from {first} run into the next range at {limit}")
+    if config.identities < 1 or config.views < 1 or config.eval_identities < 1 or config.eval_probes < 1:
+        raise ValueError("identities, views, eval_identities and eval_probes must be at least 1")
 
 
-def export(checkpoint: Path, out: Path, model_version: str = "1.0.0") -> EmbedExport:
-    """ONNX with the Stride contract (task embedding, threshold from calibration identities), verified."""
-    import onnx
-
-    from training.export import check_parity, png_base64, save_model, strip_debug_info, trace_to_onnx, write_metadata
-
-    model, payload = load_checkpoint(checkpoint)
-    config = EmbeddingConfig(**payload["config"])
-    examples, _ = identities.views(list(range(identities.TEST_FIRST, identities.TEST_FIRST + 16)), 4, first_view=50)
-    x = render_batch(examples, INPUT_SPEC)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        proto, _exporter = trace_to_onnx(model, torch.from_numpy(x[:8]), INPUT_SPEC.name)
-    _rename_output(proto, OUTPUT_NAME)
-    strip_debug_info(proto)
-    onnx.checker.check_model(proto, full_check=True)
-    parity = check_parity(proto, model, x)
-    with torch.no_grad():
-        expected = model(torch.from_numpy(x[:4])).numpy()
-    golden = Golden(atol=GOLDEN_ATOL, samples=[GoldenSample(image_png_base64=png_base64(img), expected=e.tolist())
-                                               for img, e in zip(examples[:4], expected, strict=True)])
-    meta = ModelMetadata(
-        task=Task.EMBEDDING, input=INPUT_SPEC,
-        outputs=[OutputSpec(name=OUTPUT_NAME, layout="batch,dimension", kind="embedding")],
-        model_version=model_version,
-        architecture=f"EmbedNet (3 stride-2 conv stages, GDC, {config.dimension}-d, L2-normalised), width "
-        f"{config.width}, CosFace s={config.scale} m={config.margin}",
-        training_data=f"{identities.DESCRIPTION}; {config.identities} identities x {config.views} views",
-        golden=golden, embedding=EmbeddingSpec(normalized=True),
-    )
-    write_metadata(proto, meta)
-    save_model(proto, out)
-    calibration = measure(out, identities.CALIBRATION_FIRST, config.eval_identities, config.eval_probes)
-    test = measure(out, identities.TEST_FIRST, config.eval_identities, config.eval_probes)
-    at_calibrated = measure(out, identities.TEST_FIRST, config.eval_identities, config.eval_probes,
-                            threshold=calibration["threshold"])
-    metrics = {"recall_at_1": test["recall_at_1"], "recall_at_5": test["recall_at_5"],
-               "tar_at_far_1pct": test["tar_at_far_1pct"],
-               "tar_at_threshold": at_calibrated["tar_at_far_1pct"], "far_at_threshold": at_calibrated["far"],
-               "heldout_identities": float(config.eval_identities)}
-    meta = meta.model_copy(update={"metrics": metrics,
-                                   "embedding": EmbeddingSpec(normalized=True,
-                                                              threshold=round(calibration["threshold"], 4))})
-    write_metadata(proto, meta)
-    save_model(proto, out)
-    onnx.checker.check_model(str(out), full_check=True)
-    _verify_golden(out, meta)
-    return EmbedExport(out, meta, parity, out.stat().st_size, sum(p.numel() for p in model.parameters()))
+def training_tensors(config: EmbeddingTrainConfig, spec: InputSpec) -> tuple[torch.Tensor, torch.Tensor]:
+    """[N, 3, H, W] inputs (through the service's preprocessing) and [N] class indices 0..identities-1."""
+    ids = list(range(identities.TRAIN_FIRST, identities.TRAIN_FIRST + config.identities))
+    images, targets = identities.views(ids, config.views)
+    x = render_batch(images, spec)
+    return torch.from_numpy(x), torch.from_numpy((targets - identities.TRAIN_FIRST).astype(np.int64))
 
 
-def _rename_output(proto: Any, name: str) -> None:
-    """trace_to_onnx names the output "logits"; an embedding model's output says what it is."""
-    old = proto.graph.output[0].name
-    for node in proto.graph.node:
-        node.output[:] = [name if o == old else o for o in node.output]
-    proto.graph.output[0].name = name
+def validation(config: EmbeddingTrainConfig, spec: InputSpec) -> Callable[[nn.Module], dict[str, float]] | None:
+    """Per-epoch recall@1 and TAR at 1% FAR (PyTorch) on the validation identities, rendered once."""
+    if config.val_identities <= 0:
+        return None
+    p = protocol(VALIDATION_FIRST, config.val_identities, config.eval_probes)
+    gallery, probes, impostors = (render_batch(images, spec) for images in (p.gallery, p.probes, p.impostors))
+
+    def validate(model: nn.Module) -> dict[str, float]:
+        v = Vectors(torch_vectors(model, gallery), p.gallery_ids, torch_vectors(model, probes), p.probe_ids,
+                    torch_vectors(model, impostors))
+        metrics = protocol_metrics(v)
+        return {"val_recall_at_1": metrics["recall_at_1"], "val_tar_at_far_1pct": metrics["tar_at_far_1pct"]}
+
+    return validate
 
 
-def _verify_golden(path: Path, meta: ModelMetadata) -> None:
-    assert meta.golden is not None
-    images = [Image.open(io.BytesIO(base64.b64decode(s.image_png_base64))).convert("RGB") for s in meta.golden.samples]
-    got = embed_onnx(path, images)
-    want = np.asarray([s.expected for s in meta.golden.samples], dtype=np.float32)
-    if float(np.abs(got - want).max()) > meta.golden.atol:
-        raise RuntimeError(f"{path}: golden samples drift from the PyTorch vectors")
+def initial_checkpoint(request: TrainRequest) -> Checkpoint | None:
+    """`--init`: an embedding checkpoint of the same architecture to continue from."""
+    if not request.init:
+        return None
+    start = Checkpoint.load(request.init)
+    if start.task != TASK or start.arch != request.arch:
+        raise ValueError(f"--init {request.init}: a {start.task} {start.arch} checkpoint, not {TASK} {request.arch}")
+    return start
 
 
-# ------------------------------------------------------------------------------------------------- card
-def write_card(card: Path, result: EmbedExport, payload: dict[str, Any], command: str, machine: str) -> None:
-    m, config = result.metadata.metrics, EmbeddingConfig(**payload["config"])
-    assert result.metadata.embedding is not None
-    threshold = result.metadata.embedding.threshold
-    history = payload["history"]
-    lines = [
-        f"# {result.path.stem}: face-style embeddings for search and recognition of enrolled identities",
-        "",
-        "A 32 x 32 RGB image in, a 128-d L2-normalised vector out (`task: embedding`); compare vectors by cosine "
-        "similarity. Served by `/v1/embed` and behind `/v1/collections` (search, identify).",
-        "",
-        "## Held-out figures (ONNX Runtime, this file)",
-        "",
-        f"Identities never seen in training ({identities.TEST_FIRST}.."
-        f"{identities.TEST_FIRST + config.eval_identities - 1} of `training.data.identities`): "
-        f"{config.eval_identities} enrolled with one view each, {config.eval_probes} other views of each searched, "
-        f"and {config.eval_identities * config.eval_probes} views "
-        f"of {config.eval_identities} further identities that are not enrolled (impostors).",
-        "",
-        "| metric | value |",
-        "|---|---|",
-        f"| retrieval recall@1 | {m['recall_at_1']:.3f} |",
-        f"| retrieval recall@5 | {m['recall_at_5']:.3f} |",
-        f"| open-set true accept rate at 1% false accepts (threshold set on these impostors) | "
-        f"{m['tar_at_far_1pct']:.3f} |",
-        f"| true accept rate at the shipped threshold {threshold} | {m['tar_at_threshold']:.3f} |",
-        f"| false accept rate at the shipped threshold | {m['far_at_threshold']:.3f} |",
-        "",
-        f"The shipped threshold ({threshold}, cosine similarity; `embedding.threshold` in the metadata, the default "
-        "of `identify`) is the 1%-false-accept point measured on a separate calibration range "
-        f"({identities.CALIBRATION_FIRST}..), not on the test identities. True accept: the best match is the "
-        "right identity and scores above the threshold.",
-        "",
-        "## Training",
-        "",
-        f"{config.identities} generated identities x {config.views} views (pose, scale, light, noise vary per view); "
-        f"CosFace (large margin cosine loss, s={config.scale}, m={config.margin}) over the identities, AdamW "
-        f"lr {config.lr}, batch {config.batch_size}, cosine schedule, {len(history)} epochs in "
-        f"{payload['summary']['train_cpu_seconds'] / 60:.1f} CPU minutes "
-        f"({payload['summary']['train_seconds'] / 60:.1f} min wall clock) on {machine}. "
-        f"{result.parameters:,} parameters, "
-        f"{result.file_bytes:,} bytes; ONNX vs PyTorch max abs diff {result.parity:.1e}.",
-        "",
-        "```sh",
-        command,
-        "```",
-        "",
-        "| epoch | loss | CPU minutes | wall minutes |",
-        "|---|---|---|---|",
-        *[f"| {h['epoch']} | {h['loss']:.3f} | {h.get('cpu_seconds', math.nan) / 60:.1f} | "
-          f"{h['seconds'] / 60:.1f} |" for h in history],
-        "",
-        "## Limitations",
-        "",
+def checked_input(request: TrainRequest) -> InputSpec:
+    """The architecture's data config; its global depthwise conv is as large as the last feature map, so
+    the input size is fixed."""
+    spec = get_arch(request.arch)
+    if request.image_size and request.image_size != spec.default_input.height:
+        raise ValueError(f"{request.arch} takes {spec.default_input.height} x {spec.default_input.width} inputs "
+                         f"only (--image-size {request.image_size})")
+    return spec.default_input
+
+
+def make_loss(head: CosFace) -> Callable[[nn.Module, tuple[torch.Tensor, torch.Tensor]], dict[str, torch.Tensor]]:
+    def loss(net: nn.Module, batch: tuple[torch.Tensor, torch.Tensor]) -> dict[str, torch.Tensor]:
+        inputs, targets = batch
+        return {"total": head(net(inputs), targets)}
+
+    return loss
+
+
+def training_data_record(config: EmbeddingTrainConfig) -> dict[str, Any]:
+    """How to find the training data again (the same keys checkpoint.upgrade_payload gives legacy files)."""
+    return {"name": SOURCE, "identities": config.identities, "views": config.views,
+            "first_identity": identities.TRAIN_FIRST,
+            "description": f"{identities.DESCRIPTION}; {config.identities} identities x {config.views} views"}
+
+
+# ------------------------------------------------------------------------------------------------ plug-in
+class EmbeddingPlugin(TaskPlugin):
+    name: ClassVar[str] = TASK
+    config_cls: ClassVar[type[TrainerConfig]] = EmbeddingTrainConfig
+    default_arch: ClassVar[str] = "embednet"
+    default_data: ClassVar[str] = SOURCE
+    data_help: ClassVar[str] = "identities: generated faces (training.data.identities), the only source"
+    parity_atol: ClassVar[dict[str, float]] = {OUTPUT_NAME: 1e-4}
+    golden_atol: ClassVar[float] = 1e-3
+    limitations: ClassVar[str] = (
         "Trained only on drawn faces (`training.data.identities`); it is a demonstration of the embedding, "
         "search and enrol/identify flow, not a face recogniser for photographs. For real faces, serve a "
-        "face-recognition ONNX file with a description beside it (`task: embedding`, an `embedding` output).",
+        "face-recognition ONNX file with a description beside it (`task: embedding`, an `embedding` output).")
+
+    def prepare(self, request: TrainRequest, config: Any) -> Prepared:
+        """Identity views as classes; `count` (when given) must agree with --identities, `split_seed` is
+        unused: the identity ranges are disjoint by construction."""
+        if not isinstance(config, EmbeddingTrainConfig):
+            raise TypeError(f"the embedding task takes an EmbeddingTrainConfig, not {type(config).__name__}")
+        if request.data not in ("", SOURCE):
+            raise ValueError(f"the embedding task trains on --data {SOURCE} only, not {request.data!r}")
+        if request.arch not in archs_for(TASK):
+            raise ValueError(f"{request.arch!r} does not serve {TASK}; choose one of {archs_for(TASK)}")
+        if request.count and request.count != config.identities:
+            raise ValueError(f"the number of training identities is --identities ({config.identities}), "
+                             f"not --count {request.count}")
+        check_identity_ranges(config)
+        spec, input_spec, start = get_arch(request.arch), checked_input(request), initial_checkpoint(request)
+        seed_everything(config.seed)  # weights and head initialised alike whoever calls
+        arch_config = spec.make_config({**(start.arch_config if start else {}), **request.arch_options})
+        model = spec.build(arch_config)
+        if start:
+            model.load_state_dict(start.state_dict)
+        started = time.perf_counter()
+        inputs, targets = training_tensors(config, input_spec)
+        rendered = time.perf_counter() - started
+        head = CosFace(arch_config.dimension, config.identities, config.scale, config.margin)
+        validate = validation(config, input_spec)
+        job = Job(model=model, train_size=len(inputs),
+                  batch=lambda indices, generator: (augment(inputs[indices], generator), targets[indices]),
+                  loss=make_loss(head), validate=validate, monitor="val_recall_at_1" if validate else "",
+                  extra_parameters=list(head.parameters()))
+        notes = [f"{len(inputs)} training views of {config.identities} identities rendered in {rendered:.0f} s",
+                 f"CosFace head ({config.identities} x {arch_config.dimension}) trained, not exported"]
+        return Prepared(job=job, arch_config=spec.config_to_dict(arch_config), labels=[], input_spec=input_spec,
+                        data=training_data_record(config), notes=notes)
+
+    def exportable(self, checkpoint: Checkpoint) -> nn.Module:
+        return checkpoint.build_model()  # EmbedNet already ends in the L2-normalised vector
+
+    def outputs(self, checkpoint: Checkpoint) -> list[OutputSpec]:
+        return [OutputSpec(name=OUTPUT_NAME, layout="batch,dimension", kind="embedding")]
+
+    def metadata_fields(self, checkpoint: Checkpoint) -> dict[str, Any]:
+        """The threshold at 1% FAR on the calibration identities (PyTorch: the file does not exist yet)."""
+        count, probes = calibration_size(checkpoint)
+        embed = torch_embedder(self.exportable(checkpoint), checkpoint)
+        v = embed_protocol(protocol(identities.CALIBRATION_FIRST, count, probes), embed)
+        threshold = open_set(v.gallery, v.gallery_ids, v.probes, v.probe_ids, v.impostors)["threshold"]
+        return {"embedding": EmbeddingSpec(normalized=True, threshold=round(threshold, 4))}
+
+    def sample_images(self, checkpoint: Checkpoint, count: int, seed: int) -> list[Image.Image]:
+        """View `seed` of the first `count` test identities (never trained on)."""
+        return [identities.view(identities.TEST_FIRST + i, seed) for i in range(count)]
+
+    def calibration_images(self, checkpoint: Checkpoint, count: int) -> list[Image.Image]:
+        """Views of the training identities, as the model saw them (int8 calibration)."""
+        trained = int(checkpoint.data.get("identities") or 1)
+        return [identities.view(identities.TRAIN_FIRST + i % trained, i // trained) for i in range(count)]
+
+    def eval_request_for(self, checkpoint: Checkpoint) -> EvalRequest:
+        count, probes = calibration_size(checkpoint)
+        return IdentityEvalRequest(count=count, probes=probes)
+
+    def training_data_text(self, checkpoint: Checkpoint) -> str:
+        data = checkpoint.data
+        return str(data.get("description") or
+                   f"{identities.DESCRIPTION}; {data.get('identities')} identities x {data.get('views')} views")
+
+    def evaluate(self, model: Path | bytes, metadata: ModelMetadata, request: EvalRequest) -> Evaluation:
+        """Held-out identities TEST_FIRST + seed (default 0) .. + count - 1 (default EVAL_IDENTITIES) enrolled,
+        the next `count` identities as impostors; `probes` views each searched (IdentityEvalRequest, default
+        EVAL_PROBES). Data: "" or "identities"."""
+        first, count, probes = held_out_range(request)
+        session = open_session(model)
+        v = embed_protocol(protocol(first, count, probes), lambda images: served_vectors(session, metadata, images))
+        threshold = metadata.embedding.threshold if metadata.embedding else None
+        metrics = {**protocol_metrics(v, threshold), "heldout_identities": float(count)}
+        details = {"first_identity": first, "identities": count, "probes_per_identity": probes,
+                   "threshold": threshold, "histogram_range": [-1.0, 1.0],
+                   "genuine_score_histogram": score_histogram(genuine_scores(v)),
+                   "impostor_best_score_histogram": score_histogram(best_scores(v.gallery, v.impostors))}
+        description = (
+            f"Identities never seen in training ({first}..{first + count - 1} of `training.data.identities`): "
+            f"{count} enrolled with one view each, {probes} other views of each searched, and {count * probes} "
+            f"views of {count} further identities that are not enrolled (impostors); vectors from ONNX Runtime "
+            "through the service's preprocessing and embedding decoder, compared by cosine similarity.")
+        return Evaluation(metrics=metrics, description=description, details=details)
+
+    def card_sections(self, model_path: Path, checkpoint: Checkpoint, evaluation: Evaluation,
+                      folder: Path) -> list[CardSection]:
+        spec = read_metadata(model_path).embedding
+        shipped = spec.threshold if spec else None
+        plot_scores(evaluation.details, shipped, folder / SCORES_PLOT)
+        plot_search_examples(model_path, folder / EXAMPLES_PLOT)
+        return [CardSection("Retrieval and open-set identification",
+                            retrieval_text(evaluation.metrics, shipped, checkpoint)),
+                CardSection("Search examples", search_examples_text()),
+                CardSection("Loss", loss_text(checkpoint))]
+
+
+def calibration_size(checkpoint: Checkpoint) -> tuple[int, int]:
+    """(identities, probes) the checkpoint asks for; legacy files' train_config has the same keys."""
+    config = checkpoint.train_config
+    return int(config.get("eval_identities", EVAL_IDENTITIES)), int(config.get("eval_probes", EVAL_PROBES))
+
+
+def held_out_range(request: EvalRequest) -> tuple[int, int, int]:
+    """(first identity, identities, probes) of an EvalRequest: seed is an offset into the test range, so
+    no request can reach training or calibration identities."""
+    if request.data not in ("", SOURCE):
+        raise ValueError(f"the embedding task evaluates on --data {SOURCE} only, not {request.data!r}")
+    offset = request.seed or 0
+    count = EVAL_IDENTITIES if request.count is None else request.count
+    probes = request.probes if isinstance(request, IdentityEvalRequest) else EVAL_PROBES
+    if offset < 0 or count < 1 or probes < 1:
+        raise ValueError(f"held-out identities need seed >= 0, count >= 1, probes >= 1 (got {offset}, {count}, "
+                         f"{probes})")
+    return identities.TEST_FIRST + offset, count, probes
+
+
+# ---------------------------------------------------------------------------------------------------- card
+def figure(value: float | None) -> str:
+    return "-" if value is None or math.isnan(value) else f"{value:.3f}"
+
+
+def retrieval_text(metrics: dict[str, float], threshold: float | None, checkpoint: Checkpoint) -> str:
+    count, _ = calibration_size(checkpoint)
+    calibration = f"{identities.CALIBRATION_FIRST}..{identities.CALIBRATION_FIRST + 2 * count - 1}"
+    return "\n".join([
+        "| metric | value |",
+        "|---|---|",
+        f"| retrieval recall@1 | {figure(metrics.get('recall_at_1'))} |",
+        f"| retrieval recall@5 | {figure(metrics.get('recall_at_5'))} |",
+        "| open-set true accept rate at 1% false accepts (threshold set on these impostors) | "
+        f"{figure(metrics.get('tar_at_far_1pct'))} |",
+        f"| true accept rate at the shipped threshold {threshold} | {figure(metrics.get('tar_at_threshold'))} |",
+        f"| false accept rate at the shipped threshold | {figure(metrics.get('far_at_threshold'))} |",
         "",
-    ]
-    card.write_text("\n".join(lines))
+        f"The shipped threshold ({threshold}, cosine similarity; `embedding.threshold` in the metadata, the default "
+        f"of `identify`) is the 1%-false-accept point measured on a separate calibration range of identities "
+        f"({calibration}), not on the test identities. True accept: the best match is the right identity and "
+        "scores above the threshold.",
+        "",
+        f"![genuine and impostor scores]({SCORES_PLOT})",
+    ])
 
 
-# -------------------------------------------------------------------------------------------------- CLI
-def wants_embedding(argv: Sequence[str]) -> bool:
-    """Whether `python -m training ARGV` belongs to this task."""
-    if not argv:
-        return False
-    command, rest = argv[0], list(argv[1:])
-    if command == "train":
-        return any(a == f"--task={TASK}" for a in rest) or any(
-            a == "--task" and i + 1 < len(rest) and rest[i + 1] == TASK for i, a in enumerate(rest))
-    target = next((a for a in rest if not a.startswith("-")), None)
-    if command == "export" and target and target.endswith(".pt") and Path(target).is_file():
-        return is_embedding_checkpoint(target)
-    if command == "evaluate" and target and target.endswith(".onnx") and Path(target).is_file():
-        import onnx
-
-        props = {p.key: p.value for p in onnx.load(target, load_external_data=False).metadata_props}
-        return props.get("task") == json.dumps(TASK)
-    return False
+def search_examples_text() -> str:
+    return (f"Views of held-out identities searched in a gallery of {EXAMPLE_GALLERY} enrolled held-out identities "
+            f"(one view each); the {EXAMPLE_MATCHES} best matches with their cosine similarity, green when right."
+            f"\n\n![search examples]({EXAMPLES_PLOT})")
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m training", description="The embedding task.")
-    commands = parser.add_subparsers(dest="command", required=True)
-    train_cmd = commands.add_parser("train", help="train an embedding model on generated identities")
-    train_cmd.add_argument("--task", required=True, choices=[TASK])
-    train_cmd.add_argument("--out", type=Path, required=True)
-    train_cmd.add_argument("--no-progress", action="store_true")
-    for f in fields(EmbeddingConfig):
-        default = getattr(EmbeddingConfig(), f.name)
-        train_cmd.add_argument("--" + f.name.replace("_", "-"), type=type(default), default=default,
-                               help=f"default {default}")
-    exp = commands.add_parser("export", help="export an embedding checkpoint to ONNX")
-    exp.add_argument("checkpoint", type=Path)
-    exp.add_argument("--out", type=Path, required=True)
-    exp.add_argument("--model-version", default="1.0.0")
-    exp.add_argument("--card", action="store_true", help="also write NAME.md beside --out")
-    ev = commands.add_parser("evaluate", help="held-out retrieval and open-set figures of an ONNX file")
-    ev.add_argument("model", type=Path)
-    ev.add_argument("--identities", type=int, default=300)
-    ev.add_argument("--probes", type=int, default=3)
-    return parser
+def loss_text(checkpoint: Checkpoint) -> str:
+    c, data = checkpoint.train_config, checkpoint.data
+    return (f"CosFace (large margin cosine loss, s={c.get('scale', 30.0)}, m={c.get('margin', 0.35)}) over "
+            f"{data.get('identities')} generated identities x {data.get('views')} views (pose, scale, light and "
+            "noise vary per view), with random brightness and contrast on top. The head's class weights are "
+            "trained with the network and dropped at export: only the L2-normalised vector leaves the graph.")
 
 
-def embedding_main(argv: Sequence[str]) -> int:
-    args = build_parser().parse_args(list(argv))
-    if args.command == "train":
-        config = EmbeddingConfig(**{f.name: getattr(args, f.name) for f in fields(EmbeddingConfig)})
-        path = train(config, args.out, progress=not args.no_progress)
-        print(f"{path}: trained")
-    elif args.command == "export":
-        result = export(args.checkpoint, args.out, args.model_version)
-        _print(result)
-        if args.card:
-            _, payload = load_checkpoint(args.checkpoint)
-            write_card(args.out.with_suffix(".md"), result, payload, shlex.join(["python", "-m", "training", *argv]),
-                       _machine())
-    else:
-        print(json.dumps(measure(args.model, identities.TEST_FIRST, args.identities, args.probes), indent=2))
-    return 0
+def plot_scores(details: dict[str, Any], threshold: float | None, path: Path) -> None:
+    """Histograms of genuine scores (probe vs its own enrolled view) and impostors' best scores."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    low, high = details.get("histogram_range", [-1.0, 1.0])
+    fig, ax = plt.subplots(figsize=(6, 3.5))
+    for key, label in (("genuine_score_histogram", "genuine (own identity)"),
+                       ("impostor_best_score_histogram", "impostor (best match)")):
+        counts = np.asarray(details.get(key, []), dtype=float)
+        if counts.size:
+            edges = np.linspace(low, high, len(counts) + 1)
+            ax.stairs(counts / max(1.0, counts.sum()), edges, label=label, fill=True, alpha=0.5)
+    if threshold is not None:
+        ax.axvline(threshold, color="black", linestyle="--", lw=1, label=f"shipped threshold {threshold}")
+    ax.set(xlabel="cosine similarity", ylabel="share of probes", title="Held-out scores")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
 
 
-def run_embedding_bundle(models_dir: Path, progress: bool = True, config: EmbeddingConfig | None = None) -> EmbedExport:
-    """`python -m training bundle --only embedder`: train with the defaults, export, write the card."""
-    import tempfile
+def plot_search_examples(model_path: Path, path: Path) -> None:
+    """A few probes and their best matches in a small gallery of held-out identities, as the service ranks them."""
+    import matplotlib
 
-    with tempfile.TemporaryDirectory() as run:
-        return bundle_from_checkpoint(train(config or EmbeddingConfig(), Path(run), progress), Path(models_dir))
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    gallery_ids = list(range(identities.TEST_FIRST, identities.TEST_FIRST + EXAMPLE_GALLERY))
+    gallery, _ = identities.views(gallery_ids, 1)
+    probes, probe_ids = identities.views(gallery_ids[:EXAMPLE_PROBES], 1, first_view=1)
+    vectors = embed_onnx(model_path, [*gallery, *probes])
+    scores = unit_rows(vectors[len(gallery):]) @ unit_rows(vectors[: len(gallery)]).T
+    fig, axes = plt.subplots(len(probes), EXAMPLE_MATCHES + 1, figsize=(1.6 * (EXAMPLE_MATCHES + 1),
+                                                                       1.7 * len(probes)), squeeze=False)
+    for row, (probe, identity) in enumerate(zip(probes, probe_ids, strict=True)):
+        axes[row][0].imshow(probe)
+        axes[row][0].set_title("probe", fontsize=8)
+        for col, match in enumerate(np.argsort(-scores[row], kind="stable")[:EXAMPLE_MATCHES], start=1):
+            axes[row][col].imshow(gallery[match])
+            right = gallery_ids[match] == identity
+            axes[row][col].set_title(f"{scores[row, match]:.2f}", fontsize=8, color="green" if right else "red")
+    for ax in axes.ravel():
+        ax.axis("off")
+    fig.tight_layout()
+    fig.savefig(path, dpi=80)
+    plt.close(fig)
 
 
-def bundle_from_checkpoint(checkpoint: Path, models_dir: Path) -> EmbedExport:
-    """models/embedder.onnx and models/embedder.md from a checkpoint trained with the bundle's settings."""
-    out = models_dir / f"{BUNDLE_NAME}.onnx"
-    result = export(checkpoint, out)
-    _, payload = load_checkpoint(checkpoint)
-    command = (f"python -m training bundle --models-dir {models_dir} --only {BUNDLE_NAME}\n\n# or, step by step:\n"
-               f"python -m training train --task {TASK} --out runs/{BUNDLE_NAME}\n"
-               f"python -m training export runs/{BUNDLE_NAME}/checkpoint.pt --out {out} --card")
-    write_card(out.with_suffix(".md"), result, payload, command, _machine())
-    _print(result)
-    return result
-
-
-def _print(result: EmbedExport) -> None:
-    m = result.metadata.metrics
-    print(f"{result.path}: recall@1 {m['recall_at_1']:.3f}, recall@5 {m['recall_at_5']:.3f}, TAR@FAR1% "
-          f"{m['tar_at_far_1pct']:.3f} on held-out identities, parity {result.parity:.1e}, {result.file_bytes:,} bytes")
-
-
-def _machine() -> str:
-    from training.bundle import describe_machine
-
-    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
-    return f"{describe_machine()}, 1-minute load average {load:.1f} when training ended"
+PLUGINS: dict[str, TaskPlugin] = {TASK: EmbeddingPlugin()}
