@@ -62,7 +62,7 @@ format: $(VENV)/.stamp-dev
 	$(BIN)/ruff format .
 
 models: $(VENV)/.stamp-dev
-	$(BIN)/python -m training bundle --models-dir models
+	$(BIN)/python -m training bundle --models-dir models --jobs 2 --no-progress
 
 constraints: $(VENV)/.stamp-dev
 	$(BIN)/python deploy/update_constraints.py

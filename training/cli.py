@@ -212,6 +212,8 @@ def add_bundle_command(commands: argparse._SubParsersAction) -> None:
     bundle.add_argument(
         "--only", action="append", choices=[r.name for r in RECIPES], help="rebuild just this model (repeatable)"
     )
+    bundle.add_argument("--jobs", type=int, default=1,
+                        help="recipes trained at once, in separate processes (make models: 2, one per core)")
     bundle.add_argument("--no-progress", action="store_true", help="no progress bar")
     bundle.set_defaults(handler=run_bundle)
 
@@ -354,7 +356,8 @@ def format_metrics(metrics: dict[str, float]) -> str:
 def run_bundle(args: argparse.Namespace) -> int:
     from training.bundle import build_bundle
 
-    for name, result in build_bundle(args.models_dir, args.work_dir, args.only, progress=not args.no_progress):
+    for name, result in build_bundle(args.models_dir, args.work_dir, args.only, progress=not args.no_progress,
+                                     jobs=args.jobs):
         print(f"{result.path}: {format_metrics(result.evaluation.metrics)}, {result.file_bytes:,} bytes ({name})")
     return 0
 

@@ -5,8 +5,6 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import os
-import platform
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +14,7 @@ from training import distributed
 from training.cards import CardContext, write_card
 from training.checkpoint import Checkpoint
 from training.export import ExportResult, VariantResult, export_checkpoint, export_fp16, export_int8
+from training.machine import describe_machine
 from training.tasks import get_task
 from training.tasks.base import EvalRequest, TrainRequest
 from training.trainer import configure_threads, fit, seed_everything
@@ -117,15 +116,3 @@ def export_with_card(
         )
         write_card(out.with_suffix(""), checkpoint, result, context, variants)
     return result, variants
-
-
-def describe_machine() -> str:
-    """E.g. "AMD EPYC 7B13, 2 cores (Linux x86_64)", for the training time in model cards."""
-    cpu = platform.processor() or platform.machine()
-    cpuinfo = Path("/proc/cpuinfo")
-    if cpuinfo.exists():
-        for line in cpuinfo.read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    return f"{cpu}, {os.cpu_count()} cores ({platform.system()} {platform.machine()})"
