@@ -32,7 +32,7 @@ sys.path.insert(0, str(REPO))
 from training.data import load_dataset, render_batch  # noqa: E402
 from training.export import export_int8, read_metadata  # noqa: E402
 from training.flops import count_flops  # noqa: E402
-from training.pipeline import describe_machine  # noqa: E402
+from training.machine import describe_machine  # noqa: E402
 from training.registry import count_parameters, get_arch  # noqa: E402
 from training.tasks import get_task  # noqa: E402
 from training.tasks.base import EvalRequest  # noqa: E402

@@ -351,15 +351,10 @@ def prepare_dataset(coco_dir: Path, task: str, out: Path, val: int = VAL_SCENES)
 
 
 def describe_machine(threads: int) -> str:
-    """E.g. "AMD EPYC 7B13, 2 cores, 1 torch thread" (training.pipeline.describe_machine's CPU name)."""
-    cpu = platform.processor() or platform.machine()
-    cpuinfo = Path("/proc/cpuinfo")
-    if cpuinfo.exists():
-        for line in cpuinfo.read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    return f"{cpu}, {os.cpu_count()} cores, {threads} torch thread{'s' if threads != 1 else ''}"
+    """E.g. "AMD EPYC 7B13, 2 cores, 1 torch thread"."""
+    from training.machine import cpu_name  # standard library only: importable from the Ultralytics venv
+
+    return f"{cpu_name()}, {os.cpu_count()} cores, {threads} torch thread{'s' if threads != 1 else ''}"
 
 
 def train_record_path(onnx_path: Path) -> Path:
