@@ -162,7 +162,7 @@ def render(
     variant_lines = "\n".join(
         f"- `{v.path.name}`: {v.precision}, {v.file_bytes:,} bytes; "
         + (
-            ", ".join(f"{k} {x:.4f}" for k, x in v.evaluation.metrics.items())
+            ", ".join(f"{k} {format_metric(k, x)}" for k, x in v.evaluation.metrics.items())
             if v.evaluation
             else "not run on this host (CPU ONNX Runtime)"
         )

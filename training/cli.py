@@ -291,7 +291,7 @@ def run_train(args: argparse.Namespace) -> int:
     s = checkpoint.summary
     best = ", ".join(f"{k} {v:.4f}" for k, v in s.get("best_metrics", {}).items())
     print(
-        f"{args.out / 'checkpoint.pt'}: kept epoch {s['best_epoch']}/{s['epochs_run']} ({s['stopped_by']})"
+        f"{args.out / 'checkpoint.pt'}: kept epoch {s['best_epoch']}/{len(checkpoint.history)} ({s['stopped_by']})"
         f"{', ' + best if best else ''}, {s['train_seconds']:.1f} s"
     )
     return 0

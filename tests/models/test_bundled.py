@@ -24,22 +24,23 @@ MODELS = Path(__file__).resolve().parents[2] / "models"
 FILES = sorted(MODELS.glob("*.onnx"))
 CARD_FILES = ("README.md", "metrics.json", "training_curves.png")
 
-# model file stem -> metric -> the least it must score on its recorded held-out data
+# The dense floors are the targets for figures on 1,000 fresh scenes (box AP@0.5 >= 0.96, AP >= 0.83, mask
+# AP@0.5 >= 0.93, mIoU >= 0.90, OKS AP@0.5 >= 0.88), except the detector's box AP@0.5, which reaches 0.956.
 FLOORS: dict[str, dict[str, float]] = {
     "lenet5": {"test_accuracy": 0.98},
-    "alexnet": {"test_accuracy": 0.97},
-    "alexnet-int8": {"test_accuracy": 0.96},
-    "inception": {"test_accuracy": 0.97},
-    "inception-int8": {"test_accuracy": 0.96},
+    "alexnet": {"test_accuracy": 0.98},
+    "alexnet-int8": {"test_accuracy": 0.98},
+    "inception": {"test_accuracy": 0.98},
+    "inception-int8": {"test_accuracy": 0.98},
     "resnet": {"test_accuracy": 0.985},
-    "resnet-int8": {"test_accuracy": 0.975},
-    "gcn": {"test_accuracy": 0.90},
-    "gcn-int8": {"test_accuracy": 0.89},
-    "detector": {"box_map50": 0.95, "box_map": 0.82},
-    "instance_seg": {"box_map50": 0.93, "mask_map50": 0.90},
-    "keypoints": {"box_map50": 0.95, "oks_ap50": 0.88},
-    "segmenter": {"mIoU": 0.87},
-    "embedder": {"recall_at_1": 0.9},
+    "resnet-int8": {"test_accuracy": 0.985},
+    "gcn": {"test_accuracy": 0.94},
+    "gcn-int8": {"test_accuracy": 0.93},
+    "detector": {"box_map50": 0.955, "box_map": 0.83},
+    "instance_seg": {"box_map50": 0.96, "box_map": 0.83, "mask_map50": 0.93},
+    "keypoints": {"box_map50": 0.96, "oks_ap50": 0.88},
+    "segmenter": {"mIoU": 0.90},
+    "embedder": {"recall_at_1": 0.95, "tar_at_far_1pct": 0.80},
 }
 
 
