@@ -33,7 +33,7 @@ def served(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     args = ["train", "--arch", "resnet", "--data", str(data), "--out", str(run), "--epochs", "12",
             "--image-size", "16", "--threads", "1", "--batch-size", "32", "--no-progress"]  # fmt: skip
     assert main(args) == 0
-    assert main(["export", str(run / "checkpoint.pt"), "--out", str(models / "shapes.onnx")]) == 0
+    assert main(["export", str(run / "checkpoint.pt"), "--out", str(models / "shapes.onnx"), "--card"]) == 0
     return run, models
 
 
@@ -46,10 +46,11 @@ def test_checkpoint_records_input_spec_labels_and_split(served: tuple[Path, Path
     assert all(0.0 < m < 1.0 for m in spec.mean) and all(0.0 < s < 1.0 for s in spec.std)  # measured
     split = checkpoint.data["split"]
     assert sum(len(split[p]) for p in ("train", "val", "test")) == 150
-    assert json.loads((run / "split.json").read_text())["layout"] == "single"
     assert len((run / "metrics.jsonl").read_text().splitlines()) == checkpoint.summary["epochs_run"]
-    assert (run / "training_curves.png").stat().st_size > 1000
-    assert (run / "confusion_matrix.png").stat().st_size > 1000
+    card = run.parent / "models" / "shapes"  # the model card written by `export --card`
+    assert json.loads((card / "split.json").read_text())["layout"] == "single"
+    assert (card / "training_curves.png").stat().st_size > 1000
+    assert (card / "confusion_matrix.png").stat().st_size > 1000
 
 
 def test_served_model_labels_held_out_images(served: tuple[Path, Path]) -> None:
