@@ -350,7 +350,10 @@ def run_evaluate(args: argparse.Namespace) -> int:
 
 
 def format_metrics(metrics: dict[str, float]) -> str:
-    return ", ".join(f"{k} {v:.4f}" for k, v in metrics.items() if not k.startswith(("eval_", "heldout_")))
+    from training.cards import format_metric
+
+    shown = {k: v for k, v in metrics.items() if not k.startswith(("eval_", "heldout_"))}
+    return ", ".join(f"{k} {format_metric(k, v)}" for k, v in shown.items())
 
 
 def run_bundle(args: argparse.Namespace) -> int:
