@@ -65,31 +65,40 @@ def rpc(*, open_access: bool = False) -> Callable[[Handler], Handler]:
 
         @functools.wraps(method)
         async def call(self: InferenceServicer, request: Message, context: grpc.aio.ServicerContext) -> Message:
-            started, status = time.perf_counter(), 200
+            started, recorded = time.perf_counter(), False
+            model = getattr(request, "model_name", "") or getattr(request, "name", "")
+
+            def record(status: int) -> None:
+                # Before an abort: the client has its answer as soon as abort sends it, so a metric recorded
+                # after it could be missing when the client looks.
+                nonlocal recorded
+                if not recorded:
+                    recorded = True
+                    self.record(route, model, status, time.perf_counter() - started)
+
             try:
                 if not open_access and self.api_keys and not is_authorised(
                         offered_key(context.invocation_metadata() or ()), self.api_keys):
                     raise errors.unauthorized()
-                return await method(self, request, context)
+                answer = await method(self, request, context)
+                record(200)
+                return answer
             except StrideError as error:
-                status = error.status
                 self.state.metrics.errors.labels(error.code).inc()
+                record(error.status)
                 await context.abort(STATUS_CODES.get(error.status, grpc.StatusCode.INTERNAL),
                                     public_message(error.message))
                 raise  # abort raises; this line only satisfies the type checker
             except asyncio.CancelledError:
-                status = 499
+                record(499)
                 raise
             except Exception:
                 if context.code() is not None:  # an abort already under way
                     raise
-                status = 500
+                record(500)
                 log.exception("unhandled error in %s", route)
                 await context.abort(grpc.StatusCode.INTERNAL, "an internal error occurred; it has been logged")
                 raise
-            finally:
-                self.record(route, getattr(request, "model_name", "") or getattr(request, "name", ""), status,
-                            time.perf_counter() - started)
 
         return call
 
