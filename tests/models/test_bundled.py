@@ -81,8 +81,6 @@ def test_contract_is_valid_and_the_file_self_contained(measured: tuple) -> None:
 
 def test_the_service_replays_its_golden_samples(measured: tuple) -> None:
     path, meta, _card, _evaluation = measured
-    if meta.precision == "fp16":
-        pytest.skip("fp16 files run on GPU providers only")  # none is bundled today
     session = open_session(path, Settings(providers=["CPUExecutionProvider"]))
     assert verify_golden(session, meta) is not None
 
