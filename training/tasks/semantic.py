@@ -186,12 +186,6 @@ def generated_scenes(count: int, seed: int) -> SegmentationSet:
     return SegmentationSet(labels, images, maps, [], description)
 
 
-def scenes_labels() -> list[str]:
-    from training.data import scenes
-
-    return labels_from_categories(scenes.CATEGORIES)[0]
-
-
 def load_training_data(request: TrainRequest) -> tuple[SegmentationSet, dict[str, Any]]:
     """The data a TrainRequest names, and how to find it again (the checkpoint's `data` record)."""
     if request.data == SCENES:
